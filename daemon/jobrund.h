@@ -1,0 +1,460 @@
+/*
+ * jobrund.h - the daemon's internal header.
+ *
+ * Shared types first (the parsed configuration, task results), then one
+ * prototype block per .c file, headed by the file's name, in the order a
+ * newcomer meets them: logging, config, loader, host API, results, the
+ * event loop, runs, the two executors, the worker protocol.
+ *
+ * Internal functions return 0, or -1 with errno set, unless said otherwise.
+ */
+#ifndef JOBRUND_H
+#define JOBRUND_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+#include <syslog.h>
+#include <time.h>
+
+#include <libconfig.h>
+
+#include "jobrund/plugin.h"
+
+#define JR_PRINTFLIKE(f, a) __attribute__((format(printf, f, a)))
+#define JR_NORETURN __attribute__((noreturn))
+
+/* ------------------------------------------------------------------ */
+/* Shared types                                                        */
+/* ------------------------------------------------------------------ */
+
+enum job_mode { MODE_THREAD, MODE_PROCESS };
+
+enum sched_kind { SCHED_START, SCHED_EVERY, SCHED_CRON, SCHED_MANUAL };
+
+enum overlap_policy { OVERLAP_SKIP, OVERLAP_QUEUE, OVERLAP_REPLACE, OVERLAP_ALLOW };
+
+struct plugin;          /* loader.c */
+struct cron_spec;       /* cron.c */
+
+/* One job as the config defines it.  Owned by its struct jr_config; every
+ * string is a copy (the libconfig tree is kept only for `settings`). */
+struct job_def {
+	char *name;
+	char *plugin_name;
+	enum job_mode mode;
+	int workers;
+	enum sched_kind sched;
+	char *schedule;                 /* as written, for messages */
+	double every_s;                 /* SCHED_EVERY */
+	struct cron_spec *cron;         /* SCHED_CRON */
+	char **inputs;                  /* ninputs strings; NULL when none */
+	size_t ninputs;
+	bool has_inputs;                /* `inputs` given (maybe empty) */
+	double timeout_s;               /* 0: none */
+	double kill_grace_s;
+	enum overlap_policy overlap;
+	int retries;
+	bool enabled;
+	int line;                       /* line of the job's group */
+	config_setting_t *settings;     /* in the owning config's tree; may be NULL */
+	char *settings_text;            /* `settings` as libconfig text, for workers */
+	struct plugin *plugin;          /* set by cfg_load_plugins; not owned */
+};
+
+/* A whole configuration.  cfg_free frees everything it holds. */
+struct jr_config {
+	char *file;
+	char *plugin_dir;
+	char *control_socket;
+	char *state_dir;
+	char *control_group;            /* NULL: the daemon's own group */
+	bool control_readonly;          /* every local user may read */
+	int log_level;                  /* LOG_ERR..LOG_DEBUG */
+	double shutdown_grace;
+	struct job_def *jobs;
+	size_t njobs;
+	config_t tree;                  /* keeps settings groups alive */
+	struct plugin_set *plugins;     /* loaded plugins, shared by jobs */
+};
+
+/* A list of error messages ("FILE:LINE: message"), in order. */
+struct errlist {
+	char **msgs;
+	size_t n, cap;
+};
+
+enum task_status {
+	TASK_OK, TASK_FAILED, TASK_TIMEOUT, TASK_CRASHED, TASK_KILLED,
+	TASK_CANCELLED, TASK_SKIPPED,
+};
+
+/* The result of one task: what design.md's result JSON shows. */
+struct task_result {
+	const char *job;                /* not owned: the job's name */
+	uint64_t run;
+	size_t index;
+	const char *input;              /* not owned; NULL: no input */
+	enum task_status status;
+	char *output;                   /* owned; NUL-terminated */
+	size_t output_len;
+	char *error;                    /* owned; NULL when none */
+	enum job_mode mode;
+	pid_t pid;
+	struct timespec started;        /* CLOCK_REALTIME */
+	double wall_s, cpu_s;
+	int signal;                     /* TASK_CRASHED / TASK_KILLED: 0 if none */
+	int exit_code;                  /* TASK_CRASHED: -1 if none */
+	bool core_dumped;
+};
+
+/* ------------------------------------------------------------------ */
+/* log.c - syslog plus an optional copy on stderr                      */
+/* ------------------------------------------------------------------ */
+void log_init(const char *ident, bool to_stderr, int level);
+void log_set_level(int level);
+int log_get_level(void);
+bool log_get_stderr(void);
+bool log_enabled(int priority);
+void log_msg(int priority, const char *fmt, ...) JR_PRINTFLIKE(2, 3);
+void log_vmsg(int priority, const char *fmt, va_list ap) JR_PRINTFLIKE(2, 0);
+void log_warn(const char *fmt, ...) JR_PRINTFLIKE(1, 2);   /* adds strerror */
+void log_warnx(const char *fmt, ...) JR_PRINTFLIKE(1, 2);
+void log_info(const char *fmt, ...) JR_PRINTFLIKE(1, 2);
+void log_debug(const char *fmt, ...) JR_PRINTFLIKE(1, 2);
+void fatal(const char *fmt, ...) JR_PRINTFLIKE(1, 2) JR_NORETURN;
+void fatalx(const char *fmt, ...) JR_PRINTFLIKE(1, 2) JR_NORETURN;
+int log_level_from_name(const char *name);      /* -1 if unknown */
+const char *log_level_name(int level);
+
+/* ------------------------------------------------------------------ */
+/* util.c - small helpers                                              */
+/* ------------------------------------------------------------------ */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xasprintf(const char *fmt, ...) JR_PRINTFLIKE(1, 2);
+double ts_to_s(const struct timespec *ts);
+double mono_now(void);                          /* CLOCK_MONOTONIC seconds */
+void errlist_add(struct errlist *el, const char *fmt, ...) JR_PRINTFLIKE(2, 3);
+void errlist_free(struct errlist *el);
+int set_cloexec_nonblock(int fd);
+
+/* ------------------------------------------------------------------ */
+/* duration.c - "500ms", "5s", "2m", "1h", or a number of seconds      */
+/* ------------------------------------------------------------------ */
+/* Parse a duration string into seconds; 0 or -1 (errno EINVAL/ERANGE). */
+int duration_parse(const char *text, double *seconds);
+
+/* ------------------------------------------------------------------ */
+/* cron.c - 5-field cron expressions                                   */
+/* ------------------------------------------------------------------ */
+/* Parse SPEC ("*\/5 * * * *", "@daily", ...).  NULL on error, with a
+ * reason in ERR. */
+struct cron_spec *cron_parse(const char *spec, char *err, size_t errlen);
+void cron_free(struct cron_spec *spec);
+/* The first time strictly after NOW at which SPEC fires, in the time zone
+ * TZ (NULL: local time); (time_t)-1 when none within the search horizon. */
+time_t cron_next_fire(const struct cron_spec *spec, const char *tz, time_t now);
+
+/* ------------------------------------------------------------------ */
+/* config.c - read and validate the config file                        */
+/* ------------------------------------------------------------------ */
+/* Parse and validate FILE.  Every problem is appended to ERRS as
+ * "FILE:LINE: message"; returns NULL when there was any.  Does not load
+ * plugins: see cfg_load_plugins. */
+struct jr_config *cfg_load(const char *file, struct errlist *errs);
+/* Load every enabled job's plugin, check flags against mode, and validate
+ * settings with the plugin's init.  Errors go to ERRS; returns -1 if any. */
+int cfg_load_plugins(struct jr_config *cfg, struct errlist *errs);
+void cfg_free(struct jr_config *cfg);
+struct job_def *cfg_find_job(struct jr_config *cfg, const char *name);
+const char *mode_name(enum job_mode mode);
+/* Build a standalone libconfig tree from settings text (worker side). */
+int cfg_settings_from_text(const char *text, config_t *tree, char *err, size_t errlen);
+
+/* ------------------------------------------------------------------ */
+/* loader.c - open plugins safely, check their ABI                     */
+/* ------------------------------------------------------------------ */
+/* Open DIR/NAME.so after checking the file, its directory and its
+ * descriptor.  NULL on refusal, with the reason in ERR. */
+struct plugin *loader_open(const char *dir, const char *name, char *err, size_t errlen);
+void loader_close(struct plugin *p);
+const struct jr_plugin *loader_descriptor(const struct plugin *p);
+const char *loader_path(const struct plugin *p);
+
+/* A set of plugins shared by a config's jobs, each loaded once. */
+struct plugin_set *pluginset_new(const char *dir);
+struct plugin *pluginset_get(struct plugin_set *set, const char *name,
+			     char *err, size_t errlen);
+void pluginset_free(struct plugin_set *set);
+
+/* ------------------------------------------------------------------ */
+/* host.c - the jr_host table and the task/job handles behind it       */
+/* ------------------------------------------------------------------ */
+extern const struct jr_host host_table;
+
+/* The job handle given to init.  SETTINGS may be NULL (no settings). */
+struct jr_job {
+	const char *name;
+	const char *file;               /* for setting_error; may be NULL */
+	int line;                       /* the job's line */
+	config_setting_t *settings;
+	struct errlist *errs;           /* setting_error appends here; may be NULL */
+	int nerrors;
+	char **scratch;                 /* strings handed out (freed with the job) */
+	size_t nscratch;
+};
+void host_job_init(struct jr_job *hj, const struct job_def *def, const char *file,
+		   struct errlist *errs);
+void host_job_release(struct jr_job *hj);
+
+/* The task handle given to run.  Embedded in the executors' tasks. */
+struct jr_task {
+	const char *job;
+	const char *input;
+	char *out;                      /* output buffer, NUL-terminated */
+	size_t out_len, out_cap, out_limit;
+	size_t out_dropped;
+	char *error;                    /* malloc'd; NULL when none */
+	double deadline;                /* mono_now() seconds; 0: none */
+	/* Set by the executor: polled by task_cancelled. */
+	int (*cancel_check)(struct jr_task *t);
+	void *cancel_arg;
+};
+void host_task_init(struct jr_task *t, const char *job, const char *input,
+		    double timeout_s);
+void host_task_release(struct jr_task *t);
+/* Call the plugin's init for JOB; 0 or a positive errno. */
+int host_plugin_init(const struct jr_plugin *pl, struct jr_job *hj, void **state);
+
+/* Run one task with PL and fill R (status, output, error, times).  Used by
+ * the thread executor and by the worker; R->pid/run/index are the caller's. */
+void host_run_task(const struct jr_plugin *pl, void *state, struct jr_task *t,
+		   struct task_result *r);
+/* Route plugin log lines elsewhere (the worker sends them to the daemon). */
+void host_set_log_hook(void (*hook)(int priority, const char *job, const char *msg));
+
+/* ------------------------------------------------------------------ */
+/* result.c - task results and their JSON                              */
+/* ------------------------------------------------------------------ */
+const char *status_name(enum task_status st);
+int status_from_name(const char *name);         /* -1 if unknown */
+/* Write R as one line of JSON (with '\n') to FP. */
+void result_write_json(FILE *fp, const struct task_result *r);
+/* A one-line human summary, for the log.  Caller frees. */
+char *result_summary(const struct task_result *r);
+void result_clear(struct task_result *r);
+/* Append S as a JSON string (quoted, escaped) to FP. */
+void json_write_string(FILE *fp, const char *s, size_t len);
+
+/* ------------------------------------------------------------------ */
+/* proto.c - the daemon <-> jobrund-worker protocol                    */
+/* ------------------------------------------------------------------ */
+/*
+ * Frames on a stream socketpair: u32 length (of what follows, little
+ * endian), u8 message type, then the message's fields.  Bump PROTO_VERSION
+ * whenever a message changes; HELLO and READY carry it and a mismatch ends
+ * the worker.
+ */
+#define PROTO_VERSION 1
+#define PROTO_MAX_FRAME (16u * 1024 * 1024)
+
+enum proto_type {
+	MSG_HELLO = 1,  /* daemon -> worker: who you are, what to load */
+	MSG_READY,      /* worker -> daemon: plugin loaded and initialised */
+	MSG_FAIL,       /* worker -> daemon: cannot serve (then exits) */
+	MSG_TASK,       /* daemon -> worker: run one task */
+	MSG_CANCEL,     /* daemon -> worker: stop the current task */
+	MSG_RESULT,     /* worker -> daemon: one task's result */
+	MSG_LOG,        /* worker -> daemon: a plugin log line */
+};
+
+struct msg_hello {
+	uint32_t version;
+	char *job, *plugin_dir, *plugin, *settings;     /* settings may be NULL */
+	char *config_file;                              /* for messages */
+	int32_t log_level;
+};
+struct msg_ready { uint32_t version; int32_t pid; };
+struct msg_fail { char *message; };
+struct msg_task { uint64_t id; char *input; double timeout_s; };   /* input may be NULL */
+struct msg_cancel { uint64_t id; };
+struct msg_result {
+	uint64_t id;
+	uint32_t status;                /* enum task_status */
+	char *output; size_t output_len;
+	char *error;                    /* may be NULL */
+	int64_t started_sec; int32_t started_nsec;
+	double wall_s, cpu_s;
+};
+struct msg_log { int32_t priority; char *text; };
+
+/* An output buffer holding whole frames. */
+struct pbuf { uint8_t *data; size_t len, cap; };
+void pbuf_free(struct pbuf *b);
+
+void proto_put_hello(struct pbuf *b, const struct msg_hello *m);
+void proto_put_ready(struct pbuf *b, const struct msg_ready *m);
+void proto_put_fail(struct pbuf *b, const struct msg_fail *m);
+void proto_put_task(struct pbuf *b, const struct msg_task *m);
+void proto_put_cancel(struct pbuf *b, const struct msg_cancel *m);
+void proto_put_result(struct pbuf *b, const struct msg_result *m);
+void proto_put_log(struct pbuf *b, const struct msg_log *m);
+
+/* Decode one frame's payload (after the type byte) into M, allocating its
+ * strings (free with proto_msg_free).  0, or -1 with errno EPROTO when the
+ * payload is malformed (M then holds nothing to free). */
+int proto_get_hello(const uint8_t *p, size_t len, struct msg_hello *m);
+int proto_get_ready(const uint8_t *p, size_t len, struct msg_ready *m);
+int proto_get_fail(const uint8_t *p, size_t len, struct msg_fail *m);
+int proto_get_task(const uint8_t *p, size_t len, struct msg_task *m);
+int proto_get_cancel(const uint8_t *p, size_t len, struct msg_cancel *m);
+int proto_get_result(const uint8_t *p, size_t len, struct msg_result *m);
+int proto_get_log(const uint8_t *p, size_t len, struct msg_log *m);
+void proto_hello_free(struct msg_hello *m);
+void proto_fail_free(struct msg_fail *m);
+void proto_task_free(struct msg_task *m);
+void proto_result_free(struct msg_result *m);
+void proto_log_free(struct msg_log *m);
+
+/* A connection: a receive buffer and a queue of frames to send. */
+struct pconn {
+	int fd;
+	uint8_t *rbuf; size_t rlen, rcap, rskip;
+	struct pbuf out; size_t out_off;
+};
+void pconn_init(struct pconn *c, int fd);
+void pconn_free(struct pconn *c);               /* does not close fd */
+/* Read what is available (one read).  >0 bytes read, 0 at EOF, -1 on
+ * error (EAGAIN when nothing is there on a non-blocking fd). */
+ssize_t pconn_read(struct pconn *c);
+/* The next complete frame: 1 and TYPE/PAYLOAD/LEN (valid until the next
+ * pconn_read), 0 when more bytes are needed, -1 (errno EMSGSIZE or
+ * EPROTO) when the stream is corrupt. */
+int pconn_next(struct pconn *c, uint8_t *type, const uint8_t **payload, size_t *len);
+/* Send queued frames: 0 when all are written, 1 when some remain (EAGAIN),
+ * -1 on error. */
+int pconn_flush(struct pconn *c);
+
+/* ------------------------------------------------------------------ */
+/* loop.c - the main event loop (epoll), for the main thread only       */
+/* ------------------------------------------------------------------ */
+typedef void (*loop_fd_cb)(int fd, uint32_t events, void *arg);
+typedef void (*loop_timer_cb)(void *arg);
+struct loop_watch;
+struct loop_timer;
+int loop_init(void);
+void loop_shutdown(void);
+/* Watch FD for EVENTS (EPOLLIN...); the loop does not own FD. */
+struct loop_watch *loop_add(int fd, uint32_t events, loop_fd_cb cb, void *arg);
+void loop_modify(struct loop_watch *w, uint32_t events);
+/* Stop watching; safe from inside any callback. */
+void loop_remove(struct loop_watch *w);
+/* A one-shot (INTERVAL 0) or periodic timer on CLOCK_MONOTONIC. */
+struct loop_timer *loop_timer_add(double after_s, double interval_s,
+				  loop_timer_cb cb, void *arg);
+/* A one-shot timer at an absolute CLOCK_REALTIME time (cron). */
+struct loop_timer *loop_timer_at(time_t when, loop_timer_cb cb, void *arg);
+void loop_timer_remove(struct loop_timer *t);
+/* Block SIGINT, SIGTERM, SIGHUP (and ignore SIGPIPE) in the calling
+ * thread, which threads created later inherit, and deliver them to CB
+ * through a signalfd.  Call before starting any thread. */
+void loop_signals(void (*cb)(int signo, void *arg), void *arg);
+/* Dispatch events until loop_break; returns 0, or -1 on epoll failure. */
+int loop_run(void);
+void loop_break(void);
+
+/* ------------------------------------------------------------------ */
+/* run.c - a job's runtime and its runs                                */
+/* ------------------------------------------------------------------ */
+struct run;
+struct jobrt;
+
+/* One task of a run: shared between run.c and the executors. */
+struct task {
+	struct run *run;
+	size_t index;
+	const char *input;              /* the run's copy; NULL: no input */
+	struct task_result result;
+	int cancel;                     /* atomic: set by the main thread */
+	bool done;
+	struct task *next;              /* executor queues */
+	void *exec_priv;                /* executor's own (the worker serving it) */
+};
+
+/* What the front end (--once or the daemon) hears about. */
+struct run_hooks {
+	void (*task_done)(const struct task_result *r, void *arg);
+	void (*run_done)(struct jobrt *rt, uint64_t run_id, size_t ntasks,
+			 size_t nfailed, double wall_s, void *arg);
+	/* A retired runtime was freed; CFG was its config. */
+	void (*rt_freed)(const struct jr_config *cfg, void *arg);
+	void *arg;
+};
+void run_set_hooks(const struct run_hooks *hooks);
+
+/* A job's runtime: its executor and runs.  DEF must outlive it. */
+struct jobrt *jobrt_new(struct job_def *def, const struct jr_config *cfg);
+/* Cancel its runs, stop its executor; freed once its runs have ended
+ * (immediately when idle).  NOW (shutdown): process workers get SIGTERM
+ * at once and SIGKILL after shutdown_grace, instead of a polite cancel. */
+void jobrt_retire(struct jobrt *rt, bool now);
+struct job_def *jobrt_def(const struct jobrt *rt);
+int jobrt_active_runs(const struct jobrt *rt);
+const struct jr_config *jobrt_config(const struct jobrt *rt);
+/* Start a run of the job's tasks; returns its number. */
+uint64_t run_start(struct jobrt *rt);
+/* Cancel every run of the job (queued tasks end `cancelled`); NOW as
+ * for jobrt_retire. */
+void jobrt_cancel(struct jobrt *rt, bool now);
+/* Called by the executors, in the main thread, when TASK has its result. */
+void run_task_done(struct task *task);
+/* How many runtimes exist (retired ones included): for shutdown. */
+int jobrt_count(void);
+
+/* ------------------------------------------------------------------ */
+/* tpool.c - the thread executor                                       */
+/* ------------------------------------------------------------------ */
+struct tpool;
+/* Set up the completion eventfd in the loop; once, before any pool. */
+void tpool_setup(void);
+/* Start NTHREADS threads running PL for job DEF (plugin init happens
+ * here, in the daemon).  NULL when init fails, with the reason in ERR. */
+struct tpool *tpool_new(struct job_def *def, const struct jr_config *cfg,
+			char *err, size_t errlen);
+void tpool_submit(struct tpool *tp, struct task *task);
+void tpool_cancel(struct tpool *tp, struct task *task);
+/* Ask threads to stop after their task; frees when they have. */
+void tpool_free(struct tpool *tp);
+/* Threads of stopped pools still inside a plugin (for shutdown). */
+int tpool_threads_alive(void);
+
+/* ------------------------------------------------------------------ */
+/* sup.c - the process executor (supervised jobrund-worker processes)  */
+/* ------------------------------------------------------------------ */
+struct sup_pool;
+struct sup_pool *sup_new(struct job_def *def, const struct jr_config *cfg);
+void sup_submit(struct sup_pool *sp, struct task *task);
+/* Cancel TASK: queued, it ends at once; running, the worker is asked to
+ * stop it, then SIGTERM and SIGKILL follow kill_grace apart.  NOW: SIGTERM
+ * at once, SIGKILL after the config's shutdown_grace. */
+void sup_cancel(struct sup_pool *sp, struct task *task, bool now);
+/* Stop every worker: SIGTERM, SIGKILL after GRACE seconds; the pool
+ * frees itself when the last one is reaped. */
+void sup_free(struct sup_pool *sp, double grace_s);
+/* Workers alive across all pools (for shutdown). */
+int sup_live_workers(void);
+const char *sup_worker_path(void);
+
+/* ------------------------------------------------------------------ */
+/* once.c, daemon.c - the two ways of running jobs                      */
+/* ------------------------------------------------------------------ */
+int once_main(const char *file, char **names, int nnames, bool log_stderr);
+int daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stderr);
+
+#endif /* JOBRUND_H */

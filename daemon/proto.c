@@ -1,0 +1,531 @@
+/*
+ * proto.c - the protocol between jobrund and its jobrund-worker processes.
+ *
+ * A worker serves one job: the daemon sends HELLO (the job, the plugin,
+ * its settings), the worker answers READY or FAIL, then the daemon sends
+ * TASKs one at a time and the worker answers each with a RESULT, sending
+ * LOG lines in between.  CANCEL asks the worker to stop its current task.
+ *
+ * Frames are length-prefixed (u32 little endian, then a type byte) so a
+ * reader never needs more than one frame in memory, and a frame larger
+ * than PROTO_MAX_FRAME marks the stream as corrupt instead of growing the
+ * daemon.  Fields are fixed-width little-endian integers, IEEE doubles and
+ * strings written as u32 length plus bytes (0xffffffff for "none").
+ * Decoders check every length against what is left: a truncated or
+ * hostile frame is an error, never an overread.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "jobrund.h"
+
+#define STR_NONE 0xffffffffu
+
+/* --- writing ---------------------------------------------------------- */
+
+static void
+pbuf_reserve(struct pbuf *b, size_t more)
+{
+	if (b->len + more <= b->cap)
+		return;
+	size_t cap = b->cap ? b->cap : 256;
+	while (cap < b->len + more)
+		cap *= 2;
+	b->data = xrealloc(b->data, cap);
+	b->cap = cap;
+}
+
+void
+pbuf_free(struct pbuf *b)
+{
+	free(b->data);
+	b->data = NULL;
+	b->len = b->cap = 0;
+}
+
+static void
+put_u32(struct pbuf *b, uint32_t v)
+{
+	pbuf_reserve(b, 4);
+	for (int i = 0; i < 4; i++)
+		b->data[b->len++] = (uint8_t)(v >> (8 * i));
+}
+
+static void
+put_u64(struct pbuf *b, uint64_t v)
+{
+	pbuf_reserve(b, 8);
+	for (int i = 0; i < 8; i++)
+		b->data[b->len++] = (uint8_t)(v >> (8 * i));
+}
+
+static void
+put_f64(struct pbuf *b, double d)
+{
+	uint64_t v;
+
+	memcpy(&v, &d, sizeof v);
+	put_u64(b, v);
+}
+
+static void
+put_bytes(struct pbuf *b, const char *s, size_t len)
+{
+	if (s == NULL) {
+		put_u32(b, STR_NONE);
+		return;
+	}
+	put_u32(b, (uint32_t)len);
+	pbuf_reserve(b, len);
+	memcpy(b->data + b->len, s, len);
+	b->len += len;
+}
+
+static void
+put_str(struct pbuf *b, const char *s)
+{
+	put_bytes(b, s, s ? strlen(s) : 0);
+}
+
+/* Start a frame; returns where its length goes, for frame_end. */
+static size_t
+frame_begin(struct pbuf *b, enum proto_type type)
+{
+	size_t at = b->len;
+
+	put_u32(b, 0);
+	pbuf_reserve(b, 1);
+	b->data[b->len++] = (uint8_t)type;
+	return at;
+}
+
+static void
+frame_end(struct pbuf *b, size_t at)
+{
+	uint32_t len = (uint32_t)(b->len - at - 4);
+
+	for (int i = 0; i < 4; i++)
+		b->data[at + (size_t)i] = (uint8_t)(len >> (8 * i));
+}
+
+void
+proto_put_hello(struct pbuf *b, const struct msg_hello *m)
+{
+	size_t at = frame_begin(b, MSG_HELLO);
+
+	put_u32(b, m->version);
+	put_str(b, m->job);
+	put_str(b, m->plugin_dir);
+	put_str(b, m->plugin);
+	put_str(b, m->settings);
+	put_str(b, m->config_file);
+	put_u32(b, (uint32_t)m->log_level);
+	frame_end(b, at);
+}
+
+void
+proto_put_ready(struct pbuf *b, const struct msg_ready *m)
+{
+	size_t at = frame_begin(b, MSG_READY);
+
+	put_u32(b, m->version);
+	put_u32(b, (uint32_t)m->pid);
+	frame_end(b, at);
+}
+
+void
+proto_put_fail(struct pbuf *b, const struct msg_fail *m)
+{
+	size_t at = frame_begin(b, MSG_FAIL);
+
+	put_str(b, m->message);
+	frame_end(b, at);
+}
+
+void
+proto_put_task(struct pbuf *b, const struct msg_task *m)
+{
+	size_t at = frame_begin(b, MSG_TASK);
+
+	put_u64(b, m->id);
+	put_str(b, m->input);
+	put_f64(b, m->timeout_s);
+	frame_end(b, at);
+}
+
+void
+proto_put_cancel(struct pbuf *b, const struct msg_cancel *m)
+{
+	size_t at = frame_begin(b, MSG_CANCEL);
+
+	put_u64(b, m->id);
+	frame_end(b, at);
+}
+
+void
+proto_put_result(struct pbuf *b, const struct msg_result *m)
+{
+	size_t at = frame_begin(b, MSG_RESULT);
+
+	put_u64(b, m->id);
+	put_u32(b, m->status);
+	put_bytes(b, m->output ? m->output : "", m->output ? m->output_len : 0);
+	put_str(b, m->error);
+	put_u64(b, (uint64_t)m->started_sec);
+	put_u32(b, (uint32_t)m->started_nsec);
+	put_f64(b, m->wall_s);
+	put_f64(b, m->cpu_s);
+	frame_end(b, at);
+}
+
+void
+proto_put_log(struct pbuf *b, const struct msg_log *m)
+{
+	size_t at = frame_begin(b, MSG_LOG);
+
+	put_u32(b, (uint32_t)m->priority);
+	put_str(b, m->text);
+	frame_end(b, at);
+}
+
+/* --- reading ---------------------------------------------------------- */
+
+struct reader {
+	const uint8_t *p;
+	size_t left;
+	bool bad;
+};
+
+static bool
+take(struct reader *r, size_t n)
+{
+	if (r->bad || r->left < n) {
+		r->bad = true;
+		return false;
+	}
+	return true;
+}
+
+static uint32_t
+get_u32(struct reader *r)
+{
+	uint32_t v = 0;
+
+	if (!take(r, 4))
+		return 0;
+	for (int i = 0; i < 4; i++)
+		v |= (uint32_t)r->p[i] << (8 * i);
+	r->p += 4;
+	r->left -= 4;
+	return v;
+}
+
+static uint64_t
+get_u64(struct reader *r)
+{
+	uint64_t v = 0;
+
+	if (!take(r, 8))
+		return 0;
+	for (int i = 0; i < 8; i++)
+		v |= (uint64_t)r->p[i] << (8 * i);
+	r->p += 8;
+	r->left -= 8;
+	return v;
+}
+
+static double
+get_f64(struct reader *r)
+{
+	uint64_t v = get_u64(r);
+	double d;
+
+	memcpy(&d, &v, sizeof d);
+	return d;
+}
+
+/* A malloc'd, NUL-terminated copy, or NULL for "none" (or on error: check
+ * r->bad).  LEN, when given, receives the byte count. */
+static char *
+get_str(struct reader *r, size_t *len)
+{
+	uint32_t n = get_u32(r);
+	char *s;
+
+	if (len)
+		*len = 0;
+	if (r->bad || n == STR_NONE)
+		return NULL;
+	if (!take(r, n))
+		return NULL;
+	s = xmalloc((size_t)n + 1);
+	memcpy(s, r->p, n);
+	s[n] = '\0';
+	r->p += n;
+	r->left -= n;
+	if (len)
+		*len = n;
+	return s;
+}
+
+/* A decoder's verdict: trailing bytes are as wrong as missing ones. */
+static int
+finish(struct reader *r)
+{
+	if (r->bad || r->left != 0) {
+		errno = EPROTO;
+		return -1;
+	}
+	return 0;
+}
+
+int
+proto_get_hello(const uint8_t *p, size_t len, struct msg_hello *m)
+{
+	struct reader r = { p, len, false };
+
+	memset(m, 0, sizeof *m);
+	m->version = get_u32(&r);
+	m->job = get_str(&r, NULL);
+	m->plugin_dir = get_str(&r, NULL);
+	m->plugin = get_str(&r, NULL);
+	m->settings = get_str(&r, NULL);
+	m->config_file = get_str(&r, NULL);
+	m->log_level = (int32_t)get_u32(&r);
+	if (m->job == NULL || m->plugin_dir == NULL || m->plugin == NULL)
+		r.bad = true;
+	if (finish(&r) == -1) {
+		proto_hello_free(m);
+		errno = EPROTO;
+		return -1;
+	}
+	return 0;
+}
+
+void
+proto_hello_free(struct msg_hello *m)
+{
+	free(m->job);
+	free(m->plugin_dir);
+	free(m->plugin);
+	free(m->settings);
+	free(m->config_file);
+	memset(m, 0, sizeof *m);
+}
+
+int
+proto_get_ready(const uint8_t *p, size_t len, struct msg_ready *m)
+{
+	struct reader r = { p, len, false };
+
+	m->version = get_u32(&r);
+	m->pid = (int32_t)get_u32(&r);
+	return finish(&r);
+}
+
+int
+proto_get_fail(const uint8_t *p, size_t len, struct msg_fail *m)
+{
+	struct reader r = { p, len, false };
+
+	m->message = get_str(&r, NULL);
+	if (m->message == NULL)
+		r.bad = true;
+	if (finish(&r) == -1) {
+		proto_fail_free(m);
+		errno = EPROTO;
+		return -1;
+	}
+	return 0;
+}
+
+void
+proto_fail_free(struct msg_fail *m)
+{
+	free(m->message);
+	m->message = NULL;
+}
+
+int
+proto_get_task(const uint8_t *p, size_t len, struct msg_task *m)
+{
+	struct reader r = { p, len, false };
+
+	m->id = get_u64(&r);
+	m->input = get_str(&r, NULL);
+	m->timeout_s = get_f64(&r);
+	if (!(m->timeout_s >= 0))       /* also rejects NaN */
+		r.bad = true;
+	if (finish(&r) == -1) {
+		proto_task_free(m);
+		errno = EPROTO;
+		return -1;
+	}
+	return 0;
+}
+
+void
+proto_task_free(struct msg_task *m)
+{
+	free(m->input);
+	m->input = NULL;
+}
+
+int
+proto_get_cancel(const uint8_t *p, size_t len, struct msg_cancel *m)
+{
+	struct reader r = { p, len, false };
+
+	m->id = get_u64(&r);
+	return finish(&r);
+}
+
+int
+proto_get_result(const uint8_t *p, size_t len, struct msg_result *m)
+{
+	struct reader r = { p, len, false };
+
+	memset(m, 0, sizeof *m);
+	m->id = get_u64(&r);
+	m->status = get_u32(&r);
+	m->output = get_str(&r, &m->output_len);
+	m->error = get_str(&r, NULL);
+	m->started_sec = (int64_t)get_u64(&r);
+	m->started_nsec = (int32_t)get_u32(&r);
+	m->wall_s = get_f64(&r);
+	m->cpu_s = get_f64(&r);
+	if (m->output == NULL || m->status > TASK_SKIPPED ||
+	    m->started_nsec < 0 || m->started_nsec >= 1000000000)
+		r.bad = true;
+	if (finish(&r) == -1) {
+		proto_result_free(m);
+		errno = EPROTO;
+		return -1;
+	}
+	return 0;
+}
+
+void
+proto_result_free(struct msg_result *m)
+{
+	free(m->output);
+	free(m->error);
+	m->output = m->error = NULL;
+}
+
+int
+proto_get_log(const uint8_t *p, size_t len, struct msg_log *m)
+{
+	struct reader r = { p, len, false };
+
+	m->priority = (int32_t)get_u32(&r);
+	m->text = get_str(&r, NULL);
+	if (m->text == NULL)
+		r.bad = true;
+	if (finish(&r) == -1) {
+		proto_log_free(m);
+		errno = EPROTO;
+		return -1;
+	}
+	return 0;
+}
+
+void
+proto_log_free(struct msg_log *m)
+{
+	free(m->text);
+	m->text = NULL;
+}
+
+/* --- connections ------------------------------------------------------ */
+
+void
+pconn_init(struct pconn *c, int fd)
+{
+	memset(c, 0, sizeof *c);
+	c->fd = fd;
+}
+
+void
+pconn_free(struct pconn *c)
+{
+	free(c->rbuf);
+	pbuf_free(&c->out);
+	c->rbuf = NULL;
+	c->rlen = c->rcap = c->rskip = c->out_off = 0;
+}
+
+ssize_t
+pconn_read(struct pconn *c)
+{
+	ssize_t n;
+
+	/* Drop frames already handed out, then make room. */
+	if (c->rskip > 0) {
+		memmove(c->rbuf, c->rbuf + c->rskip, c->rlen - c->rskip);
+		c->rlen -= c->rskip;
+		c->rskip = 0;
+	}
+	if (c->rcap - c->rlen < 4096) {
+		c->rcap = c->rcap ? c->rcap * 2 : 8192;
+		c->rbuf = xrealloc(c->rbuf, c->rcap);
+	}
+	do
+		n = read(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen);
+	while (n == -1 && errno == EINTR);
+	if (n > 0)
+		c->rlen += (size_t)n;
+	return n;
+}
+
+int
+pconn_next(struct pconn *c, uint8_t *type, const uint8_t **payload, size_t *len)
+{
+	const uint8_t *p = c->rbuf + c->rskip;
+	size_t avail = c->rlen - c->rskip;
+	uint32_t flen;
+
+	if (avail < 4)
+		return 0;
+	flen = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	       (uint32_t)p[3] << 24;
+	if (flen == 0) {
+		errno = EPROTO;
+		return -1;
+	}
+	if (flen > PROTO_MAX_FRAME) {
+		errno = EMSGSIZE;
+		return -1;
+	}
+	if (avail - 4 < flen)
+		return 0;
+	*type = p[4];
+	*payload = p + 5;
+	*len = flen - 1;
+	c->rskip += 4 + (size_t)flen;
+	return 1;
+}
+
+int
+pconn_flush(struct pconn *c)
+{
+	while (c->out_off < c->out.len) {
+		ssize_t n = write(c->fd, c->out.data + c->out_off,
+				  c->out.len - c->out_off);
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN)
+				return 1;
+			return -1;
+		}
+		c->out_off += (size_t)n;
+	}
+	c->out.len = 0;
+	c->out_off = 0;
+	return 0;
+}

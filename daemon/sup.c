@@ -1,0 +1,897 @@
+/*
+ * sup.c - the process executor: supervised jobrund-worker processes.
+ *
+ * Each process-mode job has a pool of up to `workers` worker processes,
+ * started on demand from the main thread with posix_spawn (the daemon has
+ * threads, so it must exec, never plain fork), each:
+ *   - in its own process group, so a kill reaches whatever it started;
+ *   - with an empty signal mask and default dispositions (the daemon
+ *     blocks the signals its signalfd reads, and children must not);
+ *   - with only fds 0-3: /dev/null, a pipe for stdout and stderr (read
+ *     here and logged with the job's name), and its socketpair end;
+ *   - watched through a pidfd, so its exit is an event in the loop and
+ *     no signal ever reaches a recycled pid.
+ *
+ * A worker's life:  STARTING --READY--> IDLE --TASK--> BUSY --RESULT--> IDLE
+ * and from any state, its exit ends it.  An exit while BUSY decides the
+ * task's result: `timeout` when we killed it for its deadline, `cancelled`
+ * when we killed it for a cancel, `killed` when someone else sent a
+ * termination signal (kill, pkill), `crashed` for a fault signal or an
+ * exit.  Consecutive deaths delay the next spawn (100 ms doubling up to
+ * 5 s) so a crash loop cannot spin.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "jobrund.h"
+
+extern char **environ;
+
+#define OUT_LINE_MAX 4096               /* longer lines are split */
+#define OUT_READ_MAX (64 * 1024)        /* per wake-up, so one spewing
+					   worker cannot starve the loop */
+#define RESPAWN_DELAY_MIN 0.1
+#define RESPAWN_DELAY_MAX 5.0
+#define STARTUP_FAILURES_MAX 5          /* then queued tasks fail */
+
+enum wstate { W_STARTING, W_IDLE, W_BUSY };
+
+struct worker {
+	struct sup_pool *pool;
+	pid_t pid;
+	int pidfd, sock, outfd;
+	struct pconn conn;
+	struct loop_watch *sock_w, *pid_w, *out_w;
+	char line[OUT_LINE_MAX];
+	size_t linelen;
+	enum wstate state;
+	struct task *task;
+	uint64_t task_id;
+	struct loop_timer *deadline_timer, *escalate_timer;
+	int escalation;                 /* 0 none, 1 asked, 2 SIGTERM, 3 SIGKILL */
+	bool timed_out, cancelled, stopping;
+	bool hard_stop;                 /* shutdown: grace is shutdown_grace */
+	char *fail_msg;                 /* from a FAIL message */
+	struct worker *next;
+};
+
+struct sup_pool {
+	struct job_def *def;
+	const struct jr_config *cfg;
+	struct worker *workers;
+	int nworkers;
+	struct task *qhead, *qtail;
+	bool stopping;
+	double grace;
+	struct loop_timer *grace_timer, *spawn_timer, *free_timer;
+	int failures;                   /* consecutive worker deaths */
+	int startup_failures;           /* consecutive deaths before READY */
+	double next_spawn;              /* mono_now() time */
+	uint64_t last_task_id;
+};
+
+static int live_workers;
+
+static void dispatch(struct sup_pool *sp);
+static void worker_gone(struct worker *w, const siginfo_t *si);
+
+const char *
+sup_worker_path(void)
+{
+	static char path[4096 + 32];
+	const char *env = getenv("JOBRUND_WORKER");
+	char exe[4096];
+	ssize_t n;
+
+	if (env && *env)
+		return env;
+	if (path[0])
+		return path;
+	/* In a build tree the worker sits next to the daemon; installed, it
+	 * lives in libexec, where the compiled-in path points. */
+	n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	if (n > 0) {
+		exe[n] = '\0';
+		char *slash = strrchr(exe, '/');
+		if (slash) {
+			*slash = '\0';
+			snprintf(path, sizeof path, "%s/jobrund-worker", exe);
+			if (access(path, X_OK) == 0)
+				return path;
+		}
+	}
+	snprintf(path, sizeof path, "%s", JR_WORKER_PATH);
+	return path;
+}
+
+int
+sup_live_workers(void)
+{
+	return live_workers;
+}
+
+struct sup_pool *
+sup_new(struct job_def *def, const struct jr_config *cfg)
+{
+	struct sup_pool *sp = xcalloc(1, sizeof *sp);
+
+	sp->def = def;
+	sp->cfg = cfg;
+	return sp;
+}
+
+static void
+queue_push(struct sup_pool *sp, struct task *t)
+{
+	t->next = NULL;
+	if (sp->qtail)
+		sp->qtail->next = t;
+	else
+		sp->qhead = t;
+	sp->qtail = t;
+}
+
+static struct task *
+queue_pop(struct sup_pool *sp)
+{
+	struct task *t = sp->qhead;
+
+	if (t) {
+		sp->qhead = t->next;
+		if (sp->qhead == NULL)
+			sp->qtail = NULL;
+		t->next = NULL;
+	}
+	return t;
+}
+
+static bool
+queue_remove(struct sup_pool *sp, struct task *t)
+{
+	struct task **pp, *prev = NULL;
+
+	for (pp = &sp->qhead; *pp; prev = *pp, pp = &(*pp)->next) {
+		if (*pp == t) {
+			*pp = t->next;
+			if (sp->qtail == t)
+				sp->qtail = prev;
+			t->next = NULL;
+			return true;
+		}
+	}
+	return false;
+}
+
+static void
+finish_unstarted(struct task *t, enum task_status st, const char *why)
+{
+	t->result.status = st;
+	free(t->result.error);
+	t->result.error = xstrdup(why);
+	clock_gettime(CLOCK_REALTIME, &t->result.started);
+	t->result.pid = 0;
+	run_task_done(t);
+}
+
+/* --- sending ---------------------------------------------------------- */
+
+static void
+worker_flush(struct worker *w)
+{
+	int rc = pconn_flush(&w->conn);
+
+	if (rc == -1) {
+		/* The worker is going away; its exit will be reported. */
+		if (errno != EPIPE && errno != ECONNRESET)
+			log_warn("job %s: worker %d: write", w->pool->def->name, (int)w->pid);
+		w->conn.out.len = 0;
+		w->conn.out_off = 0;
+		return;
+	}
+	if (w->sock_w)
+		loop_modify(w->sock_w, EPOLLIN | (rc == 1 ? EPOLLOUT : 0));
+}
+
+static void
+signal_group(struct worker *w, int sig)
+{
+	/* The worker is our unreaped child, so its pid (= its process group
+	 * id) cannot have been recycled: we reap only after its pidfd says
+	 * it exited, and we stop signalling then. */
+	if (kill(-w->pid, sig) == -1 && errno != ESRCH)
+		log_warn("job %s: kill(-%d, %d)", w->pool->def->name, (int)w->pid, sig);
+	/* Also through the pidfd, in case the worker left its group. */
+	pidfd_send_signal(w->pidfd, sig, NULL, 0);
+}
+
+/* The next step of stopping a busy worker: SIGTERM, then SIGKILL. */
+static void
+escalate(void *arg)
+{
+	struct worker *w = arg;
+	double grace = w->hard_stop ? w->pool->cfg->shutdown_grace :
+		       w->pool->def->kill_grace_s;
+
+	loop_timer_remove(w->escalate_timer);
+	w->escalate_timer = NULL;
+	if (w->escalation < 2) {
+		w->escalation = 2;
+		log_msg(LOG_NOTICE, "job %s: worker %d: sending SIGTERM to its process group",
+			w->pool->def->name, (int)w->pid);
+		signal_group(w, SIGTERM);
+		w->escalate_timer = loop_timer_add(grace, 0, escalate, w);
+	} else if (w->escalation < 3) {
+		w->escalation = 3;
+		log_msg(LOG_WARNING, "job %s: worker %d: still alive %.1fs after SIGTERM: "
+			"sending SIGKILL to its process group",
+			w->pool->def->name, (int)w->pid, grace);
+		signal_group(w, SIGKILL);
+	}
+}
+
+static void
+deadline_passed(void *arg)
+{
+	struct worker *w = arg;
+
+	loop_timer_remove(w->deadline_timer);
+	w->deadline_timer = NULL;
+	if (w->state != W_BUSY)
+		return;
+	w->timed_out = true;
+	log_msg(LOG_NOTICE, "job %s: task %zu timed out after %gs",
+		w->pool->def->name, w->task->index, w->pool->def->timeout_s);
+	/* Straight to SIGTERM: the plugin saw the same deadline through
+	 * task_cancelled and had its chance to return. */
+	w->escalation = 1;
+	escalate(w);
+}
+
+static void
+send_task(struct worker *w, struct task *t)
+{
+	struct sup_pool *sp = w->pool;
+	struct msg_task m;
+
+	m.id = ++sp->last_task_id;
+	m.input = t->input ? xstrdup(t->input) : NULL;
+	m.timeout_s = sp->def->timeout_s;
+	w->task = t;
+	w->task_id = m.id;
+	w->state = W_BUSY;
+	w->timed_out = w->cancelled = false;
+	w->escalation = 0;
+	t->exec_priv = w;
+	t->result.pid = w->pid;
+	proto_put_task(&w->conn.out, &m);
+	proto_task_free(&m);
+	worker_flush(w);
+	if (sp->def->timeout_s > 0)
+		w->deadline_timer = loop_timer_add(sp->def->timeout_s, 0, deadline_passed, w);
+}
+
+/* --- receiving -------------------------------------------------------- */
+
+static void
+log_output_line(struct worker *w)
+{
+	w->line[w->linelen] = '\0';
+	log_msg(LOG_INFO, "job %s: worker %d: %s", w->pool->def->name, (int)w->pid,
+		w->line);
+	w->linelen = 0;
+}
+
+static void
+read_output(struct worker *w, bool drain)
+{
+	char buf[8192];
+	size_t total = 0;
+
+	while (drain || total < OUT_READ_MAX) {
+		ssize_t n = read(w->outfd, buf, sizeof buf);
+		if (n <= 0) {
+			if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+				if (w->linelen)
+					log_output_line(w);
+				loop_remove(w->out_w);
+				w->out_w = NULL;
+				close(w->outfd);
+				w->outfd = -1;
+			}
+			return;
+		}
+		total += (size_t)n;
+		for (ssize_t i = 0; i < n; i++) {
+			if (buf[i] == '\n') {
+				log_output_line(w);
+				continue;
+			}
+			w->line[w->linelen++] = buf[i];
+			if (w->linelen == OUT_LINE_MAX - 1)
+				log_output_line(w);
+		}
+	}
+}
+
+static void
+on_output(int fd, uint32_t events, void *arg)
+{
+	(void)fd;
+	(void)events;
+	read_output(arg, false);
+}
+
+static void
+take_result(struct worker *w, const uint8_t *p, size_t len)
+{
+	struct msg_result m;
+	struct task *t = w->task;
+
+	if (proto_get_result(p, len, &m) == -1) {
+		log_msg(LOG_ERR, "job %s: worker %d sent a malformed result: stopping it",
+			w->pool->def->name, (int)w->pid);
+		signal_group(w, SIGKILL);
+		return;
+	}
+	if (w->state != W_BUSY || m.id != w->task_id) {
+		log_msg(LOG_ERR, "job %s: worker %d sent a result for task %" PRIu64
+			" it was not running: ignored", w->pool->def->name, (int)w->pid, m.id);
+		proto_result_free(&m);
+		return;
+	}
+	loop_timer_remove(w->deadline_timer);
+	loop_timer_remove(w->escalate_timer);
+	w->deadline_timer = w->escalate_timer = NULL;
+
+	free(t->result.output);
+	free(t->result.error);
+	t->result.status = (enum task_status)m.status;
+	t->result.output = m.output;
+	t->result.output_len = m.output_len;
+	t->result.error = m.error;
+	t->result.started.tv_sec = (time_t)m.started_sec;
+	t->result.started.tv_nsec = m.started_nsec;
+	t->result.wall_s = m.wall_s;
+	t->result.cpu_s = m.cpu_s;
+	t->result.pid = w->pid;
+	if (w->timed_out && t->result.status != TASK_OK)
+		t->result.status = TASK_TIMEOUT;
+	else if (w->cancelled && t->result.status != TASK_OK)
+		t->result.status = TASK_CANCELLED;
+
+	w->task = NULL;
+	w->state = W_IDLE;
+	w->pool->failures = 0;
+	t->exec_priv = NULL;
+	if (w->escalation >= 2)
+		w->stopping = true;     /* signalled: it is going away */
+	run_task_done(t);
+}
+
+static void
+handle_frame(struct worker *w, uint8_t type, const uint8_t *p, size_t len)
+{
+	struct sup_pool *sp = w->pool;
+
+	switch (type) {
+	case MSG_READY: {
+		struct msg_ready m;
+		if (w->state != W_STARTING || proto_get_ready(p, len, &m) == -1 ||
+		    m.version != PROTO_VERSION) {
+			log_msg(LOG_ERR, "job %s: worker %d: bad READY: stopping it",
+				sp->def->name, (int)w->pid);
+			signal_group(w, SIGKILL);
+			return;
+		}
+		w->state = W_IDLE;
+		sp->startup_failures = 0;
+		log_debug("job %s: worker %d ready", sp->def->name, (int)w->pid);
+		return;
+	}
+	case MSG_FAIL: {
+		struct msg_fail m;
+		if (proto_get_fail(p, len, &m) == 0) {
+			free(w->fail_msg);
+			w->fail_msg = m.message;
+			log_msg(LOG_ERR, "job %s: worker %d cannot start: %s",
+				sp->def->name, (int)w->pid, m.message);
+		}
+		return;
+	}
+	case MSG_LOG: {
+		struct msg_log m;
+		if (proto_get_log(p, len, &m) == 0) {
+			int prio = m.priority < LOG_ERR ? LOG_ERR :
+				   m.priority > LOG_DEBUG ? LOG_DEBUG : m.priority;
+			log_msg(prio, "job %s: %s", sp->def->name, m.text);
+			proto_log_free(&m);
+		}
+		return;
+	}
+	case MSG_RESULT:
+		take_result(w, p, len);
+		return;
+	}
+	log_msg(LOG_ERR, "job %s: worker %d sent unknown message %u: stopping it",
+		sp->def->name, (int)w->pid, type);
+	signal_group(w, SIGKILL);
+}
+
+/* Read and handle what the worker sent.  Returns false at EOF. */
+static bool
+read_socket(struct worker *w)
+{
+	for (;;) {
+		uint8_t type;
+		const uint8_t *p;
+		size_t len;
+		int rc;
+		ssize_t n = pconn_read(&w->conn);
+
+		if (n == 0)
+			return false;
+		if (n < 0) {
+			if (errno == EAGAIN)
+				return true;
+			if (errno != ECONNRESET)
+				log_warn("job %s: worker %d: read", w->pool->def->name, (int)w->pid);
+			return false;
+		}
+		while ((rc = pconn_next(&w->conn, &type, &p, &len)) == 1)
+			handle_frame(w, type, p, len);
+		if (rc == -1) {
+			log_msg(LOG_ERR, "job %s: worker %d: corrupt stream (%s): stopping it",
+				w->pool->def->name, (int)w->pid, strerror(errno));
+			signal_group(w, SIGKILL);
+			return false;
+		}
+	}
+}
+
+static void
+close_socket(struct worker *w)
+{
+	if (w->sock == -1)
+		return;
+	loop_remove(w->sock_w);
+	w->sock_w = NULL;
+	close(w->sock);
+	w->sock = -1;
+}
+
+static void
+on_socket(int fd, uint32_t events, void *arg)
+{
+	struct worker *w = arg;
+	struct sup_pool *sp = w->pool;
+	bool was_idle_before = w->state == W_IDLE;
+
+	(void)fd;
+	if (events & EPOLLOUT)
+		worker_flush(w);
+	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+		if (!read_socket(w)) {
+			/* EOF: the exit itself arrives through the pidfd. */
+			close_socket(w);
+			return;
+		}
+	}
+	/* A worker that became idle (ready, or done) takes the next task. */
+	if (w->state == W_IDLE && (!was_idle_before || sp->qhead))
+		dispatch(sp);
+}
+
+static void
+on_exit_event(int fd, uint32_t events, void *arg)
+{
+	struct worker *w = arg;
+	siginfo_t si;
+
+	(void)events;
+	memset(&si, 0, sizeof si);
+	if (waitid(P_PIDFD, (id_t)fd, &si, WEXITED | WNOHANG) == -1) {
+		log_warn("job %s: waitid(pidfd of %d)", w->pool->def->name, (int)w->pid);
+		return;
+	}
+	if (si.si_pid == 0)
+		return;         /* spurious: not yet exited */
+	worker_gone(w, &si);
+}
+
+/* --- spawning --------------------------------------------------------- */
+
+static int
+spawn_worker(struct sup_pool *sp)
+{
+	const char *path = sup_worker_path();
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	sigset_t none, all;
+	int sv[2] = { -1, -1 }, outp[2] = { -1, -1 };
+	char *argv[2];
+	struct worker *w;
+	struct msg_hello hello;
+	pid_t pid;
+	int rc, pidfd;
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1)
+		goto fail;
+	if (pipe2(outp, O_CLOEXEC) == -1)
+		goto fail;
+
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_adddup2(&fa, outp[1], 1);
+	posix_spawn_file_actions_adddup2(&fa, outp[1], 2);
+	posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
+	posix_spawnattr_init(&attr);
+	sigemptyset(&none);
+	sigfillset(&all);
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setsigdefault(&attr, &all);
+	posix_spawnattr_setpgroup(&attr, 0);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+				 POSIX_SPAWN_SETPGROUP);
+	argv[0] = xasprintf("jobrund-worker: %s", sp->def->name);
+	argv[1] = NULL;
+	rc = posix_spawn(&pid, path, &fa, &attr, argv, environ);
+	free(argv[0]);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&attr);
+	if (rc != 0) {
+		errno = rc;
+		log_warn("job %s: cannot start worker %s", sp->def->name, path);
+		goto fail;
+	}
+	close(sv[1]);
+	close(outp[1]);
+	sv[1] = outp[1] = -1;
+
+	pidfd = pidfd_open(pid, 0);
+	if (pidfd == -1) {
+		/* Only on kernels before 5.3: refuse rather than supervise by
+		 * pid, which could hit a recycled process. */
+		log_warn("job %s: pidfd_open(%d)", sp->def->name, (int)pid);
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		goto fail;
+	}
+	fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+	set_cloexec_nonblock(sv[0]);
+	set_cloexec_nonblock(outp[0]);
+
+	w = xcalloc(1, sizeof *w);
+	w->pool = sp;
+	w->pid = pid;
+	w->pidfd = pidfd;
+	w->sock = sv[0];
+	w->outfd = outp[0];
+	w->state = W_STARTING;
+	pconn_init(&w->conn, w->sock);
+	w->sock_w = loop_add(w->sock, EPOLLIN, on_socket, w);
+	w->out_w = loop_add(w->outfd, EPOLLIN, on_output, w);
+	w->pid_w = loop_add(w->pidfd, EPOLLIN, on_exit_event, w);
+	w->next = sp->workers;
+	sp->workers = w;
+	sp->nworkers++;
+	live_workers++;
+
+	memset(&hello, 0, sizeof hello);
+	hello.version = PROTO_VERSION;
+	hello.job = sp->def->name;
+	hello.plugin_dir = sp->cfg->plugin_dir;
+	hello.plugin = sp->def->plugin_name;
+	hello.settings = sp->def->settings_text;
+	hello.config_file = sp->cfg->file;
+	hello.log_level = log_get_level();
+	proto_put_hello(&w->conn.out, &hello);
+	worker_flush(w);
+	log_debug("job %s: started worker %d", sp->def->name, (int)pid);
+	return 0;
+
+fail:
+	for (int i = 0; i < 2; i++) {
+		if (sv[i] != -1)
+			close(sv[i]);
+		if (outp[i] != -1)
+			close(outp[i]);
+	}
+	return -1;
+}
+
+static void
+spawn_timer_fired(void *arg)
+{
+	struct sup_pool *sp = arg;
+
+	loop_timer_remove(sp->spawn_timer);
+	sp->spawn_timer = NULL;
+	dispatch(sp);
+}
+
+static void
+fail_queue(struct sup_pool *sp, const char *why)
+{
+	struct task *t;
+
+	while ((t = queue_pop(sp)) != NULL)
+		finish_unstarted(t, TASK_FAILED, why);
+}
+
+/* Hand queued tasks to idle workers; start workers up to the pool size. */
+static void
+dispatch(struct sup_pool *sp)
+{
+	while (sp->qhead) {
+		struct worker *w, *idle = NULL;
+
+		for (w = sp->workers; w; w = w->next)
+			if (w->state == W_IDLE && !w->stopping && w->sock != -1)
+				idle = w;
+		if (idle) {
+			send_task(idle, queue_pop(sp));
+			continue;
+		}
+		if (sp->stopping || sp->nworkers >= sp->def->workers)
+			return;
+		/* Start at most one worker per queued task beyond those
+		 * already starting. */
+		int starting = 0, queued = 0;
+		for (w = sp->workers; w; w = w->next)
+			starting += w->state == W_STARTING;
+		for (struct task *t = sp->qhead; t; t = t->next)
+			queued++;
+		if (starting >= queued)
+			return;
+		double now = mono_now();
+		if (now < sp->next_spawn) {
+			if (sp->spawn_timer == NULL)
+				sp->spawn_timer = loop_timer_add(sp->next_spawn - now, 0,
+								 spawn_timer_fired, sp);
+			return;
+		}
+		if (spawn_worker(sp) == -1) {
+			char *why = xasprintf("cannot start a worker (%s): %s",
+					      sup_worker_path(), strerror(errno));
+			fail_queue(sp, why);
+			free(why);
+			return;
+		}
+	}
+}
+
+/* --- ending ----------------------------------------------------------- */
+
+static bool
+is_admin_signal(int sig)
+{
+	/* Signals people send to stop a process; the others come from a
+	 * fault in the process itself (SEGV, BUS, ABRT, FPE, ILL, ...). */
+	switch (sig) {
+	case SIGKILL: case SIGTERM: case SIGINT: case SIGHUP: case SIGQUIT:
+	case SIGUSR1: case SIGUSR2: case SIGALRM:
+		return true;
+	}
+	return false;
+}
+
+static char *
+describe_exit(const siginfo_t *si)
+{
+	if (si->si_code == CLD_EXITED)
+		return xasprintf("exited with status %d", si->si_status);
+	return xasprintf("killed by SIG%s%s",
+			 sigabbrev_np(si->si_status) ? sigabbrev_np(si->si_status) : "?",
+			 si->si_code == CLD_DUMPED ? " (core dumped)" : "");
+}
+
+static void
+pool_free_now(void *arg)
+{
+	struct sup_pool *sp = arg;
+
+	loop_timer_remove(sp->free_timer);
+	loop_timer_remove(sp->grace_timer);
+	loop_timer_remove(sp->spawn_timer);
+	free(sp);
+}
+
+/* Free a stopped pool once its last worker is reaped.  Never at once:
+ * this is reached from deep inside callbacks that still hold SP. */
+static void
+pool_maybe_free(struct sup_pool *sp)
+{
+	if (!sp->stopping || sp->workers != NULL || sp->free_timer != NULL)
+		return;
+	sp->free_timer = loop_timer_add(0, 0, pool_free_now, sp);
+}
+
+static void
+worker_gone(struct worker *w, const siginfo_t *si)
+{
+	struct sup_pool *sp = w->pool;
+	struct worker **pp;
+	struct task *t;
+	char *how = describe_exit(si);
+	bool by_signal = si->si_code != CLD_EXITED;
+
+	/* Whatever it said before dying is still in the socket and pipe. */
+	if (w->sock != -1)
+		read_socket(w);
+	if (w->outfd != -1)
+		read_output(w, true);
+	close_socket(w);
+	loop_remove(w->pid_w);
+	close(w->pidfd);
+	loop_timer_remove(w->deadline_timer);
+	loop_timer_remove(w->escalate_timer);
+	for (pp = &sp->workers; *pp != w; pp = &(*pp)->next)
+		;
+	*pp = w->next;
+	sp->nworkers--;
+	live_workers--;
+
+	t = w->state == W_BUSY ? w->task : NULL;
+	if (t) {
+		struct task_result *r = &t->result;
+		r->pid = w->pid;
+		r->signal = by_signal ? si->si_status : 0;
+		r->exit_code = by_signal ? -1 : si->si_status;
+		r->core_dumped = si->si_code == CLD_DUMPED;
+		if (r->started.tv_sec == 0)
+			clock_gettime(CLOCK_REALTIME, &r->started);
+		free(r->error);
+		if (w->timed_out) {
+			r->status = TASK_TIMEOUT;
+			r->error = xasprintf("timed out after %gs; worker %s",
+					     sp->def->timeout_s, how);
+		} else if (w->cancelled || w->stopping) {
+			r->status = TASK_CANCELLED;
+			r->error = xasprintf("cancelled; worker %s", how);
+		} else if (by_signal && is_admin_signal(si->si_status)) {
+			r->status = TASK_KILLED;
+			r->error = xasprintf("worker %s", how);
+		} else {
+			r->status = TASK_CRASHED;
+			r->error = xasprintf("worker %s", how);
+		}
+		log_msg(LOG_NOTICE, "job %s: worker %d %s during task %zu",
+			sp->def->name, (int)w->pid, how, t->index);
+	} else if (w->state == W_STARTING && !w->stopping && !sp->stopping) {
+		log_msg(LOG_ERR, "job %s: worker %d %s before it was ready%s%s",
+			sp->def->name, (int)w->pid, how, w->fail_msg ? ": " : "",
+			w->fail_msg ? w->fail_msg : "");
+	} else if (!w->stopping && !sp->stopping) {
+		log_msg(LOG_NOTICE, "job %s: idle worker %d %s", sp->def->name,
+			(int)w->pid, how);
+	} else {
+		log_debug("job %s: worker %d %s", sp->def->name, (int)w->pid, how);
+	}
+
+	/* An unplanned death delays the next spawn, doubling each time. */
+	if (!w->stopping && !sp->stopping && (t || w->state == W_STARTING)) {
+		double delay = RESPAWN_DELAY_MIN;
+		for (int i = 0; i < sp->failures && delay < RESPAWN_DELAY_MAX; i++)
+			delay *= 2;
+		if (delay > RESPAWN_DELAY_MAX)
+			delay = RESPAWN_DELAY_MAX;
+		sp->failures++;
+		sp->next_spawn = mono_now() + delay;
+	}
+	if (w->state == W_STARTING && !sp->stopping) {
+		sp->startup_failures++;
+		if (w->fail_msg || sp->startup_failures >= STARTUP_FAILURES_MAX) {
+			/* A worker that cannot load its plugin will not do
+			 * better next time: fail the waiting tasks. */
+			char *why = xasprintf("worker could not start: %s",
+					      w->fail_msg ? w->fail_msg : how);
+			fail_queue(sp, why);
+			free(why);
+			sp->startup_failures = 0;
+		}
+	}
+	pconn_free(&w->conn);
+	free(w->fail_msg);
+	free(how);
+	free(w);
+
+	if (sp->stopping) {
+		pool_maybe_free(sp);    /* no task runs in a stopping pool */
+	} else {
+		dispatch(sp);
+	}
+	/* Last: recording the result may end the run and retire the job. */
+	if (t) {
+		t->exec_priv = NULL;
+		run_task_done(t);
+	}
+}
+
+void
+sup_submit(struct sup_pool *sp, struct task *t)
+{
+	if (sp->stopping) {
+		finish_unstarted(t, TASK_CANCELLED, "jobrund is stopping");
+		return;
+	}
+	queue_push(sp, t);
+	dispatch(sp);
+}
+
+void
+sup_cancel(struct sup_pool *sp, struct task *t, bool now)
+{
+	struct worker *w = t->exec_priv;
+
+	if (queue_remove(sp, t)) {
+		finish_unstarted(t, TASK_CANCELLED, "cancelled before it started");
+		return;
+	}
+	if (w == NULL || w->task != t)
+		return;
+	if (now) {
+		/* Shutdown: no polite request, and the config's grace. */
+		w->cancelled = true;
+		w->hard_stop = true;
+		loop_timer_remove(w->escalate_timer);
+		w->escalate_timer = NULL;
+		w->escalation = 1;
+		escalate(w);
+		return;
+	}
+	if (w->cancelled)
+		return;
+	/* Ask first: a plugin that polls task_cancelled returns cleanly and
+	 * the worker lives on.  Escalate after kill_grace if it does not. */
+	struct msg_cancel m = { .id = w->task_id };
+	w->cancelled = true;
+	w->escalation = 1;
+	proto_put_cancel(&w->conn.out, &m);
+	worker_flush(w);
+	w->escalate_timer = loop_timer_add(sp->def->kill_grace_s, 0, escalate, w);
+}
+
+static void
+grace_expired(void *arg)
+{
+	struct sup_pool *sp = arg;
+
+	loop_timer_remove(sp->grace_timer);
+	sp->grace_timer = NULL;
+	for (struct worker *w = sp->workers; w; w = w->next) {
+		log_msg(LOG_WARNING, "job %s: worker %d still alive %.1fs after SIGTERM: "
+			"sending SIGKILL", sp->def->name, (int)w->pid, sp->grace);
+		signal_group(w, SIGKILL);
+	}
+}
+
+void
+sup_free(struct sup_pool *sp, double grace_s)
+{
+	sp->stopping = true;
+	sp->grace = grace_s;
+	fail_queue(sp, "jobrund is stopping");
+	for (struct worker *w = sp->workers; w; w = w->next) {
+		/* An idle worker exits at the socket's EOF; SIGTERM covers
+		 * one that is busy or stuck. */
+		w->stopping = true;
+		close_socket(w);
+		signal_group(w, SIGTERM);
+	}
+	if (sp->workers)
+		sp->grace_timer = loop_timer_add(grace_s, 0, grace_expired, sp);
+	pool_maybe_free(sp);
+}

@@ -1,0 +1,83 @@
+/*
+ * square.c - the `square` plugin: the smallest useful workload.  Each
+ * task's input is a 64-bit integer x; the output is x*x in decimal, exact
+ * for every int64 (the square needs up to 127 bits, so it is computed and
+ * printed as __int128).  No settings, no state: thread-safe.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobrund/plugin.h"
+
+/* Parse a whole decimal int64: optional sign, digits, nothing else. */
+static int
+parse_int64(const char *s, int64_t *v)
+{
+	const char *p = s;
+	char *end;
+	long long x;
+
+	if (*p == '+' || *p == '-')
+		p++;
+	if (*p < '0' || *p > '9')
+		return EINVAL;
+	errno = 0;
+	x = strtoll(s, &end, 10);
+	if (*end != '\0')
+		return EINVAL;
+	if (errno == ERANGE)
+		return ERANGE;
+	*v = x;
+	return 0;
+}
+
+/* Write V in decimal into BUF (at least 40 bytes); returns BUF. */
+static char *
+u128_to_dec(unsigned __int128 v, char *buf, size_t len)
+{
+	char *p = buf + len;
+
+	*--p = '\0';
+	do {
+		*--p = (char)('0' + (int)(v % 10));
+		v /= 10;
+	} while (v != 0);
+	return p;
+}
+
+static int
+square_run(const struct jr_host *host, void *state, jr_task *task)
+{
+	const char *in = host->task_input(task);
+	char buf[48];
+	int64_t x;
+	int r;
+
+	if (in == NULL) {
+		host->task_error(task, "square needs an input: an integer");
+		return EINVAL;
+	}
+	if ((r = parse_int64(in, &x)) != 0) {
+		host->task_error(task, "square: input \"%.64s\" is %s: expected "
+		    "an integer from -9223372036854775808 to "
+		    "9223372036854775807", in,
+		    r == ERANGE ? "out of range" : "not an integer");
+		return EINVAL;
+	}
+	/* |x| fits in 64 unsigned bits, its square in 128. */
+	unsigned __int128 m = x < 0 ? (unsigned __int128)-(__int128)x :
+	    (unsigned __int128)x;
+	return host->task_printf(task, "%s", u128_to_dec(m * m, buf,
+	    sizeof buf)) == 0 ? 0 : EFBIG;
+}
+
+JR_PLUGIN_DEFINE(
+	.name = "square",
+	.version = "1.0",
+	.description = "the square of each integer input, exactly",
+	.flags = JR_PLUGIN_THREAD_SAFE,
+	.run = square_run,
+);
