@@ -274,25 +274,27 @@ enum proto_type {
 	MSG_LOG,        /* worker -> daemon: a plugin log line */
 };
 
+/* Strings are const so that senders can point at what they have; a
+ * decoded message owns its strings (free with its proto_*_free). */
 struct msg_hello {
 	uint32_t version;
-	char *job, *plugin_dir, *plugin, *settings;     /* settings may be NULL */
-	char *config_file;                              /* for messages */
+	const char *job, *plugin_dir, *plugin, *settings;     /* settings may be NULL */
+	const char *config_file;                              /* for messages */
 	int32_t log_level;
 };
 struct msg_ready { uint32_t version; int32_t pid; };
-struct msg_fail { char *message; };
-struct msg_task { uint64_t id; char *input; double timeout_s; };   /* input may be NULL */
+struct msg_fail { const char *message; };
+struct msg_task { uint64_t id; const char *input; double timeout_s; };   /* input may be NULL */
 struct msg_cancel { uint64_t id; };
 struct msg_result {
 	uint64_t id;
 	uint32_t status;                /* enum task_status */
-	char *output; size_t output_len;
-	char *error;                    /* may be NULL */
+	const char *output; size_t output_len;
+	const char *error;                    /* may be NULL */
 	int64_t started_sec; int32_t started_nsec;
 	double wall_s, cpu_s;
 };
-struct msg_log { int32_t priority; char *text; };
+struct msg_log { int32_t priority; const char *text; };
 
 /* An output buffer holding whole frames. */
 struct pbuf { uint8_t *data; size_t len, cap; };

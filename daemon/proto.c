@@ -25,6 +25,13 @@
 
 #define STR_NONE 0xffffffffu
 
+/* Decoded strings are malloc'd but held as const char *. */
+static void
+free_str(const char *s)
+{
+	free((void *)(uintptr_t)s);
+}
+
 /* --- writing ---------------------------------------------------------- */
 
 static void
@@ -309,11 +316,11 @@ proto_get_hello(const uint8_t *p, size_t len, struct msg_hello *m)
 void
 proto_hello_free(struct msg_hello *m)
 {
-	free(m->job);
-	free(m->plugin_dir);
-	free(m->plugin);
-	free(m->settings);
-	free(m->config_file);
+	free_str(m->job);
+	free_str(m->plugin_dir);
+	free_str(m->plugin);
+	free_str(m->settings);
+	free_str(m->config_file);
 	memset(m, 0, sizeof *m);
 }
 
@@ -346,7 +353,7 @@ proto_get_fail(const uint8_t *p, size_t len, struct msg_fail *m)
 void
 proto_fail_free(struct msg_fail *m)
 {
-	free(m->message);
+	free_str(m->message);
 	m->message = NULL;
 }
 
@@ -371,7 +378,7 @@ proto_get_task(const uint8_t *p, size_t len, struct msg_task *m)
 void
 proto_task_free(struct msg_task *m)
 {
-	free(m->input);
+	free_str(m->input);
 	m->input = NULL;
 }
 
@@ -412,9 +419,10 @@ proto_get_result(const uint8_t *p, size_t len, struct msg_result *m)
 void
 proto_result_free(struct msg_result *m)
 {
-	free(m->output);
-	free(m->error);
-	m->output = m->error = NULL;
+	free_str(m->output);
+	free_str(m->error);
+	m->output = NULL;
+	m->error = NULL;
 }
 
 int
@@ -437,7 +445,7 @@ proto_get_log(const uint8_t *p, size_t len, struct msg_log *m)
 void
 proto_log_free(struct msg_log *m)
 {
-	free(m->text);
+	free_str(m->text);
 	m->text = NULL;
 }
 

@@ -267,7 +267,7 @@ send_task(struct worker *w, struct task *t)
 	struct msg_task m;
 
 	m.id = ++sp->last_task_id;
-	m.input = t->input ? xstrdup(t->input) : NULL;
+	m.input = t->input;
 	m.timeout_s = sp->def->timeout_s;
 	w->task = t;
 	w->task_id = m.id;
@@ -277,7 +277,6 @@ send_task(struct worker *w, struct task *t)
 	t->exec_priv = w;
 	t->result.pid = w->pid;
 	proto_put_task(&w->conn.out, &m);
-	proto_task_free(&m);
 	worker_flush(w);
 	if (sp->def->timeout_s > 0)
 		w->deadline_timer = loop_timer_add(sp->def->timeout_s, 0, deadline_passed, w);
@@ -359,14 +358,16 @@ take_result(struct worker *w, const uint8_t *p, size_t len)
 	free(t->result.output);
 	free(t->result.error);
 	t->result.status = (enum task_status)m.status;
-	t->result.output = m.output;
+	t->result.output = xmalloc(m.output_len + 1);
+	memcpy(t->result.output, m.output, m.output_len + 1);
 	t->result.output_len = m.output_len;
-	t->result.error = m.error;
+	t->result.error = m.error ? xstrdup(m.error) : NULL;
 	t->result.started.tv_sec = (time_t)m.started_sec;
 	t->result.started.tv_nsec = m.started_nsec;
 	t->result.wall_s = m.wall_s;
 	t->result.cpu_s = m.cpu_s;
 	t->result.pid = w->pid;
+	proto_result_free(&m);
 	if (w->timed_out && t->result.status != TASK_OK)
 		t->result.status = TASK_TIMEOUT;
 	else if (w->cancelled && t->result.status != TASK_OK)
@@ -405,9 +406,10 @@ handle_frame(struct worker *w, uint8_t type, const uint8_t *p, size_t len)
 		struct msg_fail m;
 		if (proto_get_fail(p, len, &m) == 0) {
 			free(w->fail_msg);
-			w->fail_msg = m.message;
+			w->fail_msg = xstrdup(m.message);
 			log_msg(LOG_ERR, "job %s: worker %d cannot start: %s",
 				sp->def->name, (int)w->pid, m.message);
+			proto_fail_free(&m);
 		}
 		return;
 	}

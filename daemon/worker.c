@@ -83,11 +83,10 @@ fail(const char *fmt, ...)
 static void
 log_to_daemon(int priority, const char *job, const char *text)
 {
-	struct msg_log m = { .priority = priority, .text = xstrdup(text) };
+	struct msg_log m = { .priority = priority, .text = text };
 
 	(void)job;
 	proto_put_log(&sendbuf, &m);
-	proto_log_free(&m);
 	send_frames();
 }
 

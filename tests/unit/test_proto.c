@@ -1,0 +1,329 @@
+/*
+ * test_proto.c - the daemon <-> worker protocol: every message survives a
+ * round trip; truncated, padded, oversized or hostile frames are refused
+ * (never over-read); frames split across reads are reassembled.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "jobrund.h"
+
+/* The one frame in B: its type, payload and payload length. */
+static const uint8_t *
+frame_payload(const struct pbuf *b, uint8_t *type, size_t *len)
+{
+	uint32_t flen = (uint32_t)b->data[0] | (uint32_t)b->data[1] << 8 |
+			(uint32_t)b->data[2] << 16 | (uint32_t)b->data[3] << 24;
+
+	assert_int_equal(flen + 4, b->len);
+	*type = b->data[4];
+	*len = flen - 1;
+	return b->data + 5;
+}
+
+static void
+test_hello_roundtrip(void **state)
+{
+	struct pbuf b = { 0 };
+	struct msg_hello in = { .version = PROTO_VERSION, .job = "squares",
+		.plugin_dir = "/usr/lib/jobrund", .plugin = "cpu",
+		.settings = "factor = 3;\n", .config_file = "/etc/jobrund.conf",
+		.log_level = 7 }, out;
+	const uint8_t *p;
+	uint8_t type;
+	size_t len;
+
+	(void)state;
+	proto_put_hello(&b, &in);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(type, MSG_HELLO);
+	assert_int_equal(proto_get_hello(p, len, &out), 0);
+	assert_int_equal(out.version, PROTO_VERSION);
+	assert_string_equal(out.job, "squares");
+	assert_string_equal(out.plugin_dir, "/usr/lib/jobrund");
+	assert_string_equal(out.plugin, "cpu");
+	assert_string_equal(out.settings, "factor = 3;\n");
+	assert_string_equal(out.config_file, "/etc/jobrund.conf");
+	assert_int_equal(out.log_level, 7);
+	proto_hello_free(&out);
+
+	/* No settings travels as "none", not as an empty string. */
+	b.len = 0;
+	in.settings = NULL;
+	proto_put_hello(&b, &in);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_hello(p, len, &out), 0);
+	assert_null(out.settings);
+	proto_hello_free(&out);
+	pbuf_free(&b);
+}
+
+static void
+test_task_and_result_roundtrip(void **state)
+{
+	struct pbuf b = { 0 };
+	struct msg_task t = { .id = 42, .input = "1000000", .timeout_s = 2.5 }, t2;
+	static const char binary[] = { 'a', '\0', 'b', '\xff' };
+	struct msg_result r = { .id = 42, .status = TASK_FAILED,
+		.output = (char *)(uintptr_t)binary, .output_len = sizeof binary,
+		.error = "bad input", .started_sec = 1795000000, .started_nsec = 123456789,
+		.wall_s = 0.25, .cpu_s = 0.125 }, r2;
+	const uint8_t *p;
+	uint8_t type;
+	size_t len;
+
+	(void)state;
+	proto_put_task(&b, &t);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(type, MSG_TASK);
+	assert_int_equal(proto_get_task(p, len, &t2), 0);
+	assert_int_equal(t2.id, 42);
+	assert_string_equal(t2.input, "1000000");
+	assert_true(t2.timeout_s == 2.5);
+	proto_task_free(&t2);
+
+	b.len = 0;
+	t.input = NULL;
+	proto_put_task(&b, &t);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_task(p, len, &t2), 0);
+	assert_null(t2.input);
+	proto_task_free(&t2);
+
+	b.len = 0;
+	proto_put_result(&b, &r);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(type, MSG_RESULT);
+	assert_int_equal(proto_get_result(p, len, &r2), 0);
+	assert_int_equal(r2.id, 42);
+	assert_int_equal(r2.status, TASK_FAILED);
+	assert_int_equal(r2.output_len, sizeof binary);
+	assert_memory_equal(r2.output, binary, sizeof binary);
+	assert_string_equal(r2.error, "bad input");
+	assert_int_equal(r2.started_sec, 1795000000);
+	assert_int_equal(r2.started_nsec, 123456789);
+	assert_true(r2.wall_s == 0.25 && r2.cpu_s == 0.125);
+	proto_result_free(&r2);
+	pbuf_free(&b);
+}
+
+static void
+test_small_messages_roundtrip(void **state)
+{
+	struct pbuf b = { 0 };
+	struct msg_ready rd = { .version = PROTO_VERSION, .pid = 4242 }, rd2;
+	struct msg_fail f = { .message = "cannot load" }, f2;
+	struct msg_cancel c = { .id = 7 }, c2;
+	struct msg_log l = { .priority = LOG_NOTICE, .text = "hello" }, l2;
+	const uint8_t *p;
+	uint8_t type;
+	size_t len;
+
+	(void)state;
+	proto_put_ready(&b, &rd);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(type, MSG_READY);
+	assert_int_equal(proto_get_ready(p, len, &rd2), 0);
+	assert_int_equal(rd2.pid, 4242);
+
+	b.len = 0;
+	proto_put_fail(&b, &f);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_fail(p, len, &f2), 0);
+	assert_string_equal(f2.message, "cannot load");
+	proto_fail_free(&f2);
+
+	b.len = 0;
+	proto_put_cancel(&b, &c);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(type, MSG_CANCEL);
+	assert_int_equal(proto_get_cancel(p, len, &c2), 0);
+	assert_int_equal(c2.id, 7);
+
+	b.len = 0;
+	proto_put_log(&b, &l);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_log(p, len, &l2), 0);
+	assert_int_equal(l2.priority, LOG_NOTICE);
+	assert_string_equal(l2.text, "hello");
+	proto_log_free(&l2);
+	pbuf_free(&b);
+}
+
+/* Every truncation of a valid payload, and one byte too many, is refused. */
+static void
+test_truncated_and_padded(void **state)
+{
+	struct pbuf b = { 0 };
+	struct msg_result r = { .id = 1, .status = TASK_OK, .output = "out",
+		.output_len = 3, .error = NULL, .started_nsec = 0 }, r2;
+	struct msg_hello h = { .version = 1, .job = "j", .plugin_dir = "/d",
+		.plugin = "p" }, h2;
+	const uint8_t *p;
+	uint8_t type, *copy;
+	size_t len;
+
+	(void)state;
+	proto_put_result(&b, &r);
+	p = frame_payload(&b, &type, &len);
+	for (size_t cut = 0; cut < len; cut++) {
+		copy = malloc(cut ? cut : 1);
+		memcpy(copy, p, cut);
+		errno = 0;
+		assert_int_equal(proto_get_result(copy, cut, &r2), -1);
+		assert_int_equal(errno, EPROTO);
+		free(copy);
+	}
+	copy = malloc(len + 1);
+	memcpy(copy, p, len);
+	copy[len] = 0;
+	assert_int_equal(proto_get_result(copy, len + 1, &r2), -1);
+	free(copy);
+
+	b.len = 0;
+	proto_put_hello(&b, &h);
+	p = frame_payload(&b, &type, &len);
+	for (size_t cut = 0; cut < len; cut++)
+		assert_int_equal(proto_get_hello(p, cut, &h2), -1);
+	pbuf_free(&b);
+}
+
+/* A string length pointing past the end, an unknown status, bad nsec. */
+static void
+test_hostile_fields(void **state)
+{
+	uint8_t huge_str[4 + 4] = { 0xfe, 0xff, 0xff, 0x7f, 'a', 'b', 'c', 'd' };
+	struct msg_fail f;
+	struct msg_result r2;
+	struct pbuf b = { 0 };
+	struct msg_result r = { .id = 1, .status = 99, .output = "", .output_len = 0 };
+	const uint8_t *p;
+	uint8_t type;
+	size_t len;
+
+	(void)state;
+	assert_int_equal(proto_get_fail(huge_str, sizeof huge_str, &f), -1);
+
+	proto_put_result(&b, &r);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_result(p, len, &r2), -1);
+	b.len = 0;
+	r.status = TASK_OK;
+	r.started_nsec = 1000000000;
+	proto_put_result(&b, &r);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_result(p, len, &r2), -1);
+	pbuf_free(&b);
+}
+
+/* Frames arrive a byte at a time and in bulk; both reassemble. */
+static void
+test_pconn_framing(void **state)
+{
+	int sv[2];
+	struct pconn c;
+	struct pbuf b = { 0 };
+	struct msg_log l = { .priority = LOG_INFO, .text = "line one" }, l2;
+	struct msg_cancel cm = { .id = 99 }, c2;
+	const uint8_t *p;
+	uint8_t type;
+	size_t len;
+
+	(void)state;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	proto_put_log(&b, &l);
+	proto_put_cancel(&b, &cm);
+	pconn_init(&c, sv[0]);
+
+	for (size_t i = 0; i < b.len; i++) {
+		assert_int_equal(write(sv[1], b.data + i, 1), 1);
+		assert_true(pconn_read(&c) == 1);
+		int rc = pconn_next(&c, &type, &p, &len);
+		if (rc == 1) {
+			if (type == MSG_LOG) {
+				assert_int_equal(proto_get_log(p, len, &l2), 0);
+				assert_string_equal(l2.text, "line one");
+				proto_log_free(&l2);
+			} else {
+				assert_int_equal(type, MSG_CANCEL);
+				assert_int_equal(i, b.len - 1);
+				assert_int_equal(proto_get_cancel(p, len, &c2), 0);
+				assert_int_equal(c2.id, 99);
+			}
+		}
+	}
+
+	/* Both at once: two frames from one read. */
+	assert_int_equal(write(sv[1], b.data, b.len), (ssize_t)b.len);
+	assert_true(pconn_read(&c) > 0);
+	assert_int_equal(pconn_next(&c, &type, &p, &len), 1);
+	assert_int_equal(type, MSG_LOG);
+	assert_int_equal(pconn_next(&c, &type, &p, &len), 1);
+	assert_int_equal(type, MSG_CANCEL);
+	assert_int_equal(pconn_next(&c, &type, &p, &len), 0);
+
+	/* EOF reads as 0. */
+	close(sv[1]);
+	assert_int_equal(pconn_read(&c), 0);
+	pconn_free(&c);
+	close(sv[0]);
+	pbuf_free(&b);
+}
+
+static void
+test_pconn_rejects_bad_lengths(void **state)
+{
+	int sv[2];
+	struct pconn c;
+	const uint8_t *p;
+	uint8_t type;
+	size_t len;
+	const uint8_t oversize[5] = { 0xff, 0xff, 0xff, 0x7f, MSG_LOG };
+	const uint8_t empty[4] = { 0, 0, 0, 0 };
+
+	(void)state;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	pconn_init(&c, sv[0]);
+	assert_int_equal(write(sv[1], oversize, sizeof oversize), (ssize_t)sizeof oversize);
+	assert_true(pconn_read(&c) > 0);
+	errno = 0;
+	assert_int_equal(pconn_next(&c, &type, &p, &len), -1);
+	assert_int_equal(errno, EMSGSIZE);
+	pconn_free(&c);
+
+	pconn_init(&c, sv[0]);
+	assert_int_equal(write(sv[1], empty, sizeof empty), (ssize_t)sizeof empty);
+	assert_true(pconn_read(&c) > 0);
+	assert_int_equal(pconn_next(&c, &type, &p, &len), -1);
+	assert_int_equal(errno, EPROTO);
+	pconn_free(&c);
+	close(sv[0]);
+	close(sv[1]);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_hello_roundtrip),
+		cmocka_unit_test(test_task_and_result_roundtrip),
+		cmocka_unit_test(test_small_messages_roundtrip),
+		cmocka_unit_test(test_truncated_and_padded),
+		cmocka_unit_test(test_hostile_fields),
+		cmocka_unit_test(test_pconn_framing),
+		cmocka_unit_test(test_pconn_rejects_bad_lengths),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
