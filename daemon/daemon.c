@@ -275,7 +275,8 @@ static void
 stop_check(void *arg)
 {
 	(void)arg;
-	if (jobrt_count() == 0 && sup_live_workers() == 0 && tpool_threads_alive() == 0)
+	if (jobrt_count() == 0 && sup_live_workers() == 0 && sup_pools_stopping() == 0 &&
+	    tpool_threads_alive() == 0)
 		loop_break();
 }
 
@@ -423,6 +424,7 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 	}
 	if (d.pidfile)
 		unlink(d.pidfile);
+	loop_shutdown();
 	log_msg(LOG_NOTICE, "stopped");
 	return 0;
 }

@@ -449,8 +449,10 @@ void sup_cancel(struct sup_pool *sp, struct task *task, bool now);
 /* Stop every worker: SIGTERM, SIGKILL after GRACE seconds; the pool
  * frees itself when the last one is reaped. */
 void sup_free(struct sup_pool *sp, double grace_s);
-/* Workers alive across all pools (for shutdown). */
+/* Workers alive across all pools, and stopped pools not yet freed: both
+ * 0 when the process executor has nothing left (for shutdown). */
 int sup_live_workers(void);
+int sup_pools_stopping(void);
 const char *sup_worker_path(void);
 
 /* ------------------------------------------------------------------ */

@@ -28,6 +28,7 @@ struct loop_watch {
 	void *arg;
 	bool dead;
 	struct loop_watch *next_dead;
+	struct loop_watch *prev, *next;         /* every live watch */
 };
 
 struct loop_timer {
@@ -41,6 +42,7 @@ struct loop_timer {
 static int epfd = -1;
 static bool stop_requested;
 static struct loop_watch *dead_watches;
+static struct loop_watch *live_watches;
 
 int
 loop_init(void)
@@ -52,6 +54,15 @@ loop_init(void)
 void
 loop_shutdown(void)
 {
+	/* Watches nobody removed (the signalfd's, the thread pools'
+	 * eventfd's) live as long as the loop: free them with it. */
+	while (live_watches)
+		loop_remove(live_watches);
+	while (dead_watches) {
+		struct loop_watch *w = dead_watches;
+		dead_watches = w->next_dead;
+		free(w);
+	}
 	if (epfd != -1)
 		close(epfd);
 	epfd = -1;
@@ -66,6 +77,10 @@ loop_add(int fd, uint32_t events, loop_fd_cb cb, void *arg)
 	w->fd = fd;
 	w->cb = cb;
 	w->arg = arg;
+	w->next = live_watches;
+	if (live_watches)
+		live_watches->prev = w;
+	live_watches = w;
 	if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) == -1)
 		fatal("epoll_ctl add fd %d", fd);
 	return w;
@@ -87,6 +102,12 @@ loop_remove(struct loop_watch *w)
 		return;
 	/* The fd may already be closed by the caller; ignore ENOENT/EBADF. */
 	epoll_ctl(epfd, EPOLL_CTL_DEL, w->fd, NULL);
+	if (w->prev)
+		w->prev->next = w->next;
+	else
+		live_watches = w->next;
+	if (w->next)
+		w->next->prev = w->prev;
 	w->dead = true;
 	w->next_dead = dead_watches;
 	dead_watches = w;

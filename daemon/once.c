@@ -41,7 +41,8 @@ static void
 drain_check(void *arg)
 {
 	(void)arg;
-	if (sup_live_workers() == 0 && tpool_threads_alive() == 0)
+	if (sup_live_workers() == 0 && sup_pools_stopping() == 0 &&
+	    tpool_threads_alive() == 0)
 		loop_break();
 }
 

@@ -84,6 +84,7 @@ struct sup_pool {
 };
 
 static int live_workers;
+static int pools_stopping;          /* stopped, not yet freed */
 
 static void dispatch(struct sup_pool *sp);
 static void worker_gone(struct worker *w, const siginfo_t *si);
@@ -121,6 +122,12 @@ int
 sup_live_workers(void)
 {
 	return live_workers;
+}
+
+int
+sup_pools_stopping(void)
+{
+	return pools_stopping;
 }
 
 struct sup_pool *
@@ -709,6 +716,7 @@ pool_free_now(void *arg)
 	loop_timer_remove(sp->grace_timer);
 	loop_timer_remove(sp->spawn_timer);
 	free(sp);
+	pools_stopping--;
 }
 
 /* Free a stopped pool once its last worker is reaped.  Never at once:
@@ -884,6 +892,7 @@ void
 sup_free(struct sup_pool *sp, double grace_s)
 {
 	sp->stopping = true;
+	pools_stopping++;
 	sp->grace = grace_s;
 	fail_queue(sp, "jobrund is stopping");
 	for (struct worker *w = sp->workers; w; w = w->next) {

@@ -317,6 +317,7 @@ tpool_threads_alive(void)
 {
 	int n = 0;
 
+	reap_dying();
 	for (int i = 0; i < ndying; i++) {
 		pthread_mutex_lock(&dying[i]->lock);
 		n += dying[i]->nrunning;
