@@ -357,14 +357,30 @@ detach(void)
 	}
 }
 
+/* FILE made absolute: -d changes directory to /, and SIGHUP re-reads the
+ * config by name.  Caller frees. */
+static char *
+absolute(const char *file)
+{
+	char cwd[4096];
+
+	if (file[0] == '/' || getcwd(cwd, sizeof cwd) == NULL)
+		return xstrdup(file);
+	return xasprintf("%s/%s", cwd, file);
+}
+
 int
 daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stderr)
 {
 	struct errlist errs = { 0 };
 	struct jr_config *cfg;
 	struct run_hooks hooks = { 0 };
+	static char *abs_file, *abs_pidfile;
 
 	log_init("jobrund", log_stderr, LOG_INFO);
+	file = abs_file = absolute(file);
+	if (pidfile)
+		pidfile = abs_pidfile = absolute(pidfile);
 	d.file = file;
 	cfg = cfg_load(file, &errs);
 	if (cfg == NULL) {
@@ -425,6 +441,8 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 	if (d.pidfile)
 		unlink(d.pidfile);
 	loop_shutdown();
+	free(abs_file);
+	free(abs_pidfile);
 	log_msg(LOG_NOTICE, "stopped");
 	return 0;
 }

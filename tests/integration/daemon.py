@@ -116,5 +116,28 @@ def test_bad_config_stops_startup(tap, env):
            "with the reason on stderr as FILE:LINE", err)
 
 
-main([test_start_every_and_stop, test_reload, test_sigterm_with_running_work,
+def test_daemonize_and_pidfile(tap, env):
+    import os
+    cfg = env.config("""
+  { name = "bg_every"; plugin = "square"; mode = "process"; inputs = [3];
+    schedule = "@every 100ms"; }""")
+    pidfile = os.path.join(env.dir, "jobrund.pid")
+    rc, out, err = run([JOBRUND, "-d", "-p", pidfile, "-c", cfg])
+    tap.eq(rc, 0, "-d returns at once with status 0")
+    pid = wait_for(lambda: os.path.exists(pidfile) and open(pidfile).read().strip())
+    tap.ok(pid and pid.isdigit(), "the pidfile holds a pid", pid)
+    if not pid or not pid.isdigit():
+        return
+    pid = int(pid)
+    tap.ok(wait_for(lambda: processes_matching("jobrund-worker: bg_every")),
+           "the detached daemon runs its jobs")
+    os.kill(pid, signal.SIGTERM)
+    tap.ok(wait_for(lambda: not os.path.exists("/proc/%d" % pid)
+                    or open("/proc/%d/stat" % pid).read().split()[2] == "Z"),
+           "SIGTERM stops the detached daemon")
+    tap.ok(wait_for(lambda: not os.path.exists(pidfile)), "and removes its pidfile")
+    tap.eq(processes_matching("jobrund-worker: bg_every"), [], "no worker left")
+
+
+main([test_daemonize_and_pidfile, test_start_every_and_stop, test_reload, test_sigterm_with_running_work,
       test_bad_plugin_disables_only_its_job, test_bad_config_stops_startup])

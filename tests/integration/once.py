@@ -190,7 +190,35 @@ def test_plugin_output_does_not_corrupt_results(tap, env):
     tap.eq([r.get("status") for r in res], ["ok", "ok"], "both tasks ran")
 
 
-main([test_square_both_modes, test_cpu_exact, test_bad_inputs_fail_alone,
+def test_sigint_cancels(tap, env):
+    import signal
+    import subprocess
+    import json
+    from jrtest import JOBRUND, wait_for
+    cfg = env.config(",\n".join([
+        job("int_t", "sleep", "thread", 1, ["60"]),
+        job("int_p", "crash", "process", 1, ['"hang"'], 'kill_grace = "200ms";')]),
+        extra="shutdown_grace = 1.0;\n")
+    p = subprocess.Popen([JOBRUND, "-c", cfg, "--once"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    tap.ok(wait_for(lambda: processes_matching("jobrund-worker: int_p")),
+           "the process worker is running")
+    p.send_signal(signal.SIGINT)
+    try:
+        out, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    tap.eq(p.returncode, 3, "SIGINT during --once: exit 3")
+    res = sorted((json.loads(l) for l in out.splitlines()), key=lambda r: r["job"])
+    tap.eq([(r["job"], r["status"]) for r in res],
+           [("int_p", "cancelled"), ("int_t", "cancelled")],
+           "every task still reports, as cancelled")
+    tap.eq(processes_matching("jobrund-worker: int_p"), [],
+           "a worker ignoring SIGTERM is gone too")
+
+
+main([test_sigint_cancels, test_square_both_modes, test_cpu_exact, test_bad_inputs_fail_alone,
       test_selected_and_unknown_jobs, test_no_inputs_and_empty_inputs,
       test_exec_both_modes, test_process_crashes, test_timeouts,
       test_plugin_output_does_not_corrupt_results])
