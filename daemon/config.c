@@ -28,6 +28,9 @@
 #include <sys/stat.h>
 
 #include <ctype.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/resource.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -911,7 +914,7 @@ job_schedule(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
 /* The string form of one input, as written; NULL (reported) if it is
  * not a scalar. */
 static char *
-input_text(struct cfg_ctx *ctx, const config_setting_t *e, size_t i)
+input_text(struct cfg_ctx *ctx, const config_setting_t *e, const char *what)
 {
 	const char *big;
 	long long v;
@@ -921,8 +924,8 @@ input_text(struct cfg_ctx *ctx, const config_setting_t *e, size_t i)
 	case CONFIG_TYPE_INT:
 	case CONFIG_TYPE_INT64:
 		if ((big = ovf_text(ctx, e)) != NULL) {
-			cfg_error(ctx, e, "inputs[%zu]: %s is out of range "
-				  "(not a 64-bit integer)", i, big);
+			cfg_error(ctx, e, "%s: %s is out of range "
+				  "(not a 64-bit integer)", what, big);
 			return NULL;
 		}
 		if (config_setting_type(e) == CONFIG_TYPE_INT)
@@ -935,8 +938,8 @@ input_text(struct cfg_ctx *ctx, const config_setting_t *e, size_t i)
 	case CONFIG_TYPE_FLOAT:
 		d = config_setting_get_float(e);
 		if (!isfinite(d)) {
-			cfg_error(ctx, e, "inputs[%zu]: not a finite number",
-				  i);
+			cfg_error(ctx, e, "%s: not a finite number",
+				  what);
 			return NULL;
 		}
 		return float_text(d);
@@ -945,8 +948,8 @@ input_text(struct cfg_ctx *ctx, const config_setting_t *e, size_t i)
 	case CONFIG_TYPE_BOOL:
 		return xstrdup(config_setting_get_bool(e) ? "true" : "false");
 	}
-	cfg_error(ctx, e, "inputs[%zu]: expected a number, a string or a "
-		  "boolean, got %s", i, type_name(e));
+	cfg_error(ctx, e, "%s: expected a number, a string or a "
+		  "boolean, got %s", what, type_name(e));
 	return NULL;
 }
 
@@ -964,9 +967,12 @@ job_inputs(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
 	job->has_inputs = true;
 	job->ninputs = n;
 	job->inputs = n > 0 ? xcalloc(n, sizeof *job->inputs) : NULL;
-	for (size_t i = 0; i < n; i++)
-		job->inputs[i] = input_text(ctx,
-		    elem(s, i), i);
+	for (size_t i = 0; i < n; i++) {
+		char what[32];
+
+		snprintf(what, sizeof what, "inputs[%zu]", i);
+		job->inputs[i] = input_text(ctx, elem(s, i), what);
+	}
 }
 
 static void
@@ -1060,6 +1066,266 @@ job_settings(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
 	job->settings_text = settings_to_text(s);
 }
 
+/* ------------------------------------------------------------------ */
+/* Process mode: worker limits and identity                            */
+/* ------------------------------------------------------------------ */
+
+const char *const rlimit_names[JR_RLIMITS] = {
+	[JR_RLIMIT_AS] = "as", [JR_RLIMIT_CPU] = "cpu",
+	[JR_RLIMIT_NOFILE] = "nofile", [JR_RLIMIT_NPROC] = "nproc",
+	[JR_RLIMIT_CORE] = "core",
+};
+const int rlimit_resources[JR_RLIMITS] = {
+	[JR_RLIMIT_AS] = RLIMIT_AS, [JR_RLIMIT_CPU] = RLIMIT_CPU,
+	[JR_RLIMIT_NOFILE] = RLIMIT_NOFILE, [JR_RLIMIT_NPROC] = RLIMIT_NPROC,
+	[JR_RLIMIT_CORE] = RLIMIT_CORE,
+};
+
+/* A size: bytes as an integer, or a string with a unit ("512M").  MAX is
+ * written for humans in RANGE. */
+static int
+get_size(struct cfg_ctx *ctx, const config_setting_t *s, const char *key,
+	 uint64_t max, const char *range, uint64_t *out)
+{
+	const char *text;
+	long long v;
+	uint64_t b;
+
+	if (config_setting_type(s) == CONFIG_TYPE_STRING) {
+		text = config_setting_get_string(s);
+		if (size_parse(text, &b) == -1 || b > max) {
+			if (errno == EINVAL)
+				cfg_error(ctx, s, "%s: \"%s\" is not a size (bytes, or "
+					  "a number with K, M, G or T)", key, text);
+			else
+				cfg_error(ctx, s, "%s: \"%s\" is out of range (0 to %s)",
+					  key, text, range);
+			return -1;
+		}
+		*out = b;
+		return 0;
+	}
+	if (config_setting_type(s) != CONFIG_TYPE_INT &&
+	    config_setting_type(s) != CONFIG_TYPE_INT64) {
+		cfg_error(ctx, s, "%s: expected a size (bytes, or a string like "
+			  "\"512M\"), got %s", key, type_name(s));
+		return -1;
+	}
+	if (get_int(ctx, s, key, 0, (long long)max, &v) == -1)
+		return -1;
+	*out = (uint64_t)v;
+	return 0;
+}
+
+static void
+job_max_tasks(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	long long v;
+
+	if (get_int(ctx, s, "max_tasks_per_worker", 0, 1000000000, &v) == 0)
+		job->max_tasks_per_worker = (int)v;
+}
+
+static void
+job_max_rss(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	get_size(ctx, s, "max_rss", (uint64_t)1 << 40, "1T", &job->max_rss);
+}
+
+static void
+job_output_limit(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	uint64_t v;
+
+	if (get_size(ctx, s, "output_limit", (uint64_t)64 << 20, "64M", &v) == 0)
+		job->output_limit = (size_t)v;
+}
+
+static void
+job_rlimits(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	int n;
+
+	if (!config_setting_is_group(s)) {
+		cfg_error(ctx, s, "rlimits: expected a group { as = ...; cpu = ...; }, "
+			  "got %s", type_name(s));
+		return;
+	}
+	n = config_setting_length(s);
+	for (int i = 0; i < n; i++) {
+		config_setting_t *e = elem(s, i);
+		const char *key = config_setting_name(e);
+		char *what;
+		int k;
+
+		for (k = 0; k < JR_RLIMITS; k++)
+			if (strcmp(key, rlimit_names[k]) == 0)
+				break;
+		if (k == JR_RLIMITS) {
+			cfg_error(ctx, e, "rlimits: unknown limit '%s' (as, cpu, nofile, "
+				  "nproc or core)", key);
+			continue;
+		}
+		what = xasprintf("rlimits.%s", key);
+		if (config_setting_type(e) == CONFIG_TYPE_STRING &&
+		    strcmp(config_setting_get_string(e), "unlimited") == 0) {
+			job->rlimit[k] = INT64_MAX;
+		} else if (k == JR_RLIMIT_AS || k == JR_RLIMIT_CORE) {
+			uint64_t b;
+			if (get_size(ctx, e, what, (uint64_t)1 << 50, "1024T", &b) == 0)
+				job->rlimit[k] = (int64_t)b;
+		} else if (k == JR_RLIMIT_CPU) {
+			double secs;
+			if (get_duration(ctx, e, what, ONE_YEAR, "365d", &secs) == 0)
+				/* RLIMIT_CPU counts whole seconds: round up. */
+				job->rlimit[k] = (int64_t)secs + ((double)(int64_t)secs < secs);
+		} else {
+			long long v;
+			if (get_int(ctx, e, what, 0, 1 << 30, &v) == 0)
+				job->rlimit[k] = v;
+		}
+		free(what);
+	}
+}
+
+static void
+job_user(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	const char *v = get_string(ctx, s, "user");
+	struct passwd *pw;
+
+	if (v == NULL)
+		return;
+	errno = 0;
+	pw = getpwnam(v);
+	if (pw == NULL) {
+		cfg_error(ctx, s, "user: no user named '%s'%s%s", v,
+			  errno ? ": " : "", errno ? strerror(errno) : "");
+		return;
+	}
+	if (geteuid() != 0 && pw->pw_uid != geteuid()) {
+		cfg_error(ctx, s, "user: switching to '%s' needs jobrund to run as "
+			  "root", v);
+		return;
+	}
+	free(job->user);
+	job->user = xstrdup(v);
+	job->uid = pw->pw_uid;
+	if (job->group == NULL)
+		job->gid = pw->pw_gid;
+}
+
+static void
+job_group(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	const char *v = get_string(ctx, s, "group");
+	struct group *gr;
+
+	if (v == NULL)
+		return;
+	errno = 0;
+	gr = getgrnam(v);
+	if (gr == NULL) {
+		cfg_error(ctx, s, "group: no group named '%s'%s%s", v,
+			  errno ? ": " : "", errno ? strerror(errno) : "");
+		return;
+	}
+	if (geteuid() != 0 && gr->gr_gid != getegid()) {
+		cfg_error(ctx, s, "group: switching to '%s' needs jobrund to run "
+			  "as root", v);
+		return;
+	}
+	free(job->group);
+	job->group = xstrdup(v);
+	job->gid = gr->gr_gid;
+}
+
+static bool
+valid_env_name(const char *s)
+{
+	if (!(isalpha((unsigned char)*s) || *s == '_'))
+		return false;
+	for (s++; *s; s++)
+		if (!(isalnum((unsigned char)*s) || *s == '_'))
+			return false;
+	return true;
+}
+
+static void
+job_env(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	int n;
+
+	if (!config_setting_is_group(s)) {
+		cfg_error(ctx, s, "env: expected a group { NAME = \"value\"; }, got %s",
+			  type_name(s));
+		return;
+	}
+	n = config_setting_length(s);
+	job->has_env = true;
+	job->env = xcalloc((size_t)n + 1, sizeof *job->env);
+	for (int i = 0; i < n; i++) {
+		config_setting_t *e = elem(s, i);
+		const char *name = config_setting_name(e);
+		char *value;
+
+		if (!valid_env_name(name)) {
+			cfg_error(ctx, e, "env: '%s' is not a variable name", name);
+			continue;
+		}
+		if (strncmp(name, "JOBRUND_", 8) == 0) {
+			cfg_error(ctx, e, "env: %s is set by jobrund itself", name);
+			continue;
+		}
+		if (config_setting_is_aggregate(e)) {
+			cfg_error(ctx, e, "env.%s: expected a string or a number, got %s",
+				  name, type_name(e));
+			continue;
+		}
+		char *what = xasprintf("env.%s", name);
+		value = input_text(ctx, e, what);
+		free(what);
+		if (value == NULL)
+			continue;
+		job->env[job->nenv++] = xasprintf("%s=%s", name, value);
+		free(value);
+	}
+}
+
+static void
+job_cwd(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	struct stat st;
+
+	if (get_path(ctx, s, "cwd", &job->cwd) == -1)
+		return;
+	if (stat(job->cwd, &st) == -1)
+		cfg_error(ctx, s, "cwd: %s: %s", job->cwd, strerror(errno));
+	else if (!S_ISDIR(st.st_mode))
+		cfg_error(ctx, s, "cwd: %s is not a directory", job->cwd);
+}
+
+/* Keys that only a process-mode job can honour: a thread cannot have its
+ * own limits, user, environment or directory. */
+static const char *const process_only_keys[] = {
+	"max_tasks_per_worker", "max_rss", "rlimits", "user", "group", "env",
+	"cwd", "output_limit",
+};
+
+static void
+check_process_only(struct cfg_ctx *ctx, config_setting_t *g, struct job_def *job)
+{
+	if (job->mode != MODE_THREAD)
+		return;
+	for (size_t i = 0; i < sizeof process_only_keys / sizeof process_only_keys[0]; i++) {
+		config_setting_t *s = config_setting_get_member(g, process_only_keys[i]);
+		if (s != NULL)
+			cfg_error(ctx, s, "%s: applies to process mode only (threads "
+				  "share the daemon's limits, identity, environment "
+				  "and directory)", process_only_keys[i]);
+	}
+}
+
 static const struct job_key {
 	const char *name;
 	void (*fn)(struct cfg_ctx *, config_setting_t *, struct job_def *);
@@ -1076,6 +1342,14 @@ static const struct job_key {
 	{ "retries", job_retries },
 	{ "enabled", job_enabled },
 	{ "settings", job_settings },
+	{ "max_tasks_per_worker", job_max_tasks },
+	{ "max_rss", job_max_rss },
+	{ "rlimits", job_rlimits },
+	{ "user", job_user },
+	{ "group", job_group },
+	{ "env", job_env },
+	{ "cwd", job_cwd },
+	{ "output_limit", job_output_limit },
 };
 
 static void
@@ -1094,6 +1368,9 @@ job_parse(struct cfg_ctx *ctx, config_setting_t *g, size_t index,
 	job->kill_grace_s = 5;
 	job->overlap = OVERLAP_SKIP;
 	job->enabled = true;
+	job->output_limit = 64 * 1024;
+	for (int k = 0; k < JR_RLIMITS; k++)
+		job->rlimit[k] = -1;
 	job->line = (int)config_setting_source_line(g);
 
 	/* Every message names the job: by name if it has a good one. */
@@ -1122,6 +1399,7 @@ job_parse(struct cfg_ctx *ctx, config_setting_t *g, size_t index,
 		else
 			job_keys[k].fn(ctx, s, job);
 	}
+	check_process_only(ctx, g, job);
 	for (size_t k = 0; k < sizeof required / sizeof required[0]; k++) {
 		if (config_setting_get_member(g, required[k]) == NULL)
 			cfg_error(ctx, g, "missing required key '%s'",
@@ -1142,6 +1420,12 @@ job_free(struct job_def *job)
 		free(job->inputs[i]);
 	free(job->inputs);
 	free(job->settings_text);
+	free(job->user);
+	free(job->group);
+	for (size_t i = 0; i < job->nenv; i++)
+		free(job->env[i]);
+	free(job->env);
+	free(job->cwd);
 }
 
 static void

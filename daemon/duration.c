@@ -1,5 +1,7 @@
 /*
- * duration.c - durations as people write them in the config: a number of
+ * duration.c - durations and sizes as people write them in the config.
+ *
+ * Durations: a number of
  * seconds ("30", "1.5") or numbers with units ("500ms", "5s", "2m", "1h",
  * "1d"), which may be chained from the largest unit down ("1h30m",
  * "1m30.5s").
@@ -132,4 +134,57 @@ duration_parse(const char *text, double *seconds)
 invalid:
 	errno = EINVAL;
 	return -1;
+}
+
+/*
+ * Sizes: "65536", "64K", "512M", "1.5G", "2GiB", "64KB".  Units are powers
+ * of 1024 (memory limits are pages, not marketing megabytes).  The same
+ * small grammar: digits, an optional fraction, one unit.
+ */
+int
+size_parse(const char *text, uint64_t *bytes)
+{
+	static const struct { char unit; double mult; } units[] = {
+		{ 'K', 1024.0 }, { 'M', 1048576.0 }, { 'G', 1073741824.0 },
+		{ 'T', 1099511627776.0 },
+	};
+	const char *p = text;
+	double v, mult = 1;
+
+	if (text == NULL || *text == '\0') {
+		errno = EINVAL;
+		return -1;
+	}
+	if (duration_number(&p, &v) == -1) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (*p != '\0') {
+		size_t i;
+		char u = (char)(*p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p);
+
+		for (i = 0; i < sizeof units / sizeof units[0]; i++)
+			if (units[i].unit == u)
+				break;
+		if (i == sizeof units / sizeof units[0]) {
+			errno = EINVAL;
+			return -1;
+		}
+		mult = units[i].mult;
+		p++;
+		if (strcmp(p, "B") == 0 || strcmp(p, "iB") == 0 || strcmp(p, "b") == 0)
+			p += strlen(p);
+		if (*p != '\0') {
+			errno = EINVAL;
+			return -1;
+		}
+	}
+	v *= mult;
+	/* Exactly 2^64 rounds to this double; anything at or past it is out. */
+	if (v >= 18446744073709551616.0) {
+		errno = ERANGE;
+		return -1;
+	}
+	*bytes = (uint64_t)v;
+	return 0;
 }

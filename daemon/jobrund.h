@@ -37,6 +37,10 @@ enum sched_kind { SCHED_START, SCHED_EVERY, SCHED_CRON, SCHED_MANUAL };
 
 enum overlap_policy { OVERLAP_SKIP, OVERLAP_QUEUE, OVERLAP_REPLACE, OVERLAP_ALLOW };
 
+/* Resource limits a process-mode job may set (`rlimits = { ... }`). */
+enum { JR_RLIMIT_AS, JR_RLIMIT_CPU, JR_RLIMIT_NOFILE, JR_RLIMIT_NPROC,
+       JR_RLIMIT_CORE, JR_RLIMITS };
+
 struct plugin;          /* loader.c */
 struct cron_spec;       /* cron.c */
 
@@ -60,6 +64,18 @@ struct job_def {
 	int retries;
 	bool enabled;
 	int line;                       /* line of the job's group */
+	/* Process mode: worker limits and identity. */
+	int max_tasks_per_worker;       /* 0: unlimited */
+	uint64_t max_rss;               /* bytes; 0: unlimited */
+	int64_t rlimit[JR_RLIMITS];     /* -1: not set; see rlimit_names */
+	char *user, *group;             /* NULL: jobrund's own */
+	uid_t uid;                      /* valid when user is set */
+	gid_t gid;                      /* valid when user or group is set */
+	char **env;                     /* "NAME=value", nenv of them */
+	size_t nenv;
+	bool has_env;                   /* `env` given: a clean environment */
+	char *cwd;                      /* NULL: jobrund's */
+	size_t output_limit;            /* worker stdout/stderr kept per task */
 	config_setting_t *settings;     /* in the owning config's tree; may be NULL */
 	char *settings_text;            /* `settings` as libconfig text, for workers */
 	struct plugin *plugin;          /* set by cfg_load_plugins; not owned */
@@ -102,6 +118,11 @@ struct task_result {
 	char *output;                   /* owned; NUL-terminated */
 	size_t output_len;
 	char *error;                    /* owned; NULL when none */
+	char *worker_output;            /* process mode: what the worker wrote
+					   to stdout/stderr during the task;
+					   owned; NULL when nothing */
+	size_t worker_output_len;
+	size_t worker_output_dropped;   /* bytes past the job's output_limit */
 	enum job_mode mode;
 	pid_t pid;
 	struct timespec started;        /* CLOCK_REALTIME */
@@ -149,6 +170,9 @@ int set_cloexec_nonblock(int fd);
 /* ------------------------------------------------------------------ */
 /* Parse a duration string into seconds; 0 or -1 (errno EINVAL/ERANGE). */
 int duration_parse(const char *text, double *seconds);
+/* Parse a size: bytes, or a number with K, M, G or T (powers of 1024, an
+ * optional trailing "B" or "iB"); 0 or -1 (errno EINVAL/ERANGE). */
+int size_parse(const char *text, uint64_t *bytes);
 
 /* ------------------------------------------------------------------ */
 /* cron.c - 5-field cron expressions                                   */
@@ -174,6 +198,9 @@ int cfg_load_plugins(struct jr_config *cfg, struct errlist *errs);
 void cfg_free(struct jr_config *cfg);
 struct job_def *cfg_find_job(struct jr_config *cfg, const char *name);
 const char *mode_name(enum job_mode mode);
+/* The config names of the JR_RLIMIT_* limits, and their RLIMIT_* numbers. */
+extern const char *const rlimit_names[JR_RLIMITS];
+extern const int rlimit_resources[JR_RLIMITS];
 /* Build a standalone libconfig tree from settings text (worker side). */
 int cfg_settings_from_text(const char *text, config_t *tree, char *err, size_t errlen);
 
@@ -261,7 +288,7 @@ void json_write_string(FILE *fp, const char *s, size_t len);
  * whenever a message changes; HELLO and READY carry it and a mismatch ends
  * the worker.
  */
-#define PROTO_VERSION 1
+#define PROTO_VERSION 2
 #define PROTO_MAX_FRAME (16u * 1024 * 1024)
 
 enum proto_type {
@@ -281,6 +308,12 @@ struct msg_hello {
 	const char *job, *plugin_dir, *plugin, *settings;     /* settings may be NULL */
 	const char *config_file;                              /* for messages */
 	int32_t log_level;
+	/* The worker's limits and identity, applied before the plugin loads. */
+	int64_t rlimit[JR_RLIMITS];                     /* -1: leave as is */
+	const char *user;                               /* NULL: keep */
+	uint32_t uid, gid;
+	bool set_gid;                                   /* user or group given */
+	const char *cwd;                                /* NULL: keep */
 };
 struct msg_ready { uint32_t version; int32_t pid; };
 struct msg_fail { const char *message; };
@@ -460,5 +493,15 @@ const char *sup_worker_path(void);
 /* ------------------------------------------------------------------ */
 int once_main(const char *file, char **names, int nnames, bool log_stderr);
 int daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stderr);
+
+/* ------------------------------------------------------------------ */
+/* bench.c - jobrund --bench: a job sequentially, in threads, in processes */
+/* ------------------------------------------------------------------ */
+/* Bench job JOB of FILE.  WORKERS and REPEAT are the command line's
+ * strings (NULL: the job's workers, once); JSON prints one JSON document
+ * instead of the table.  Returns the exit status: 0, 1 config error, 2
+ * usage error, 3 a task failed or a signal interrupted the bench. */
+int bench_main(const char *file, const char *job, const char *workers,
+	       const char *repeat, bool json, bool log_stderr);
 
 #endif /* JOBRUND_H */

@@ -1,10 +1,10 @@
 /*
  * main.c - jobrund's command line: parse the options design.md lists and
  * hand over to the part that does the work: `-t` (check the config),
- * `--once` (once.c) or the daemon itself (daemon.c).
+ * `--once` (once.c), `--bench` (bench.c) or the daemon itself (daemon.c).
  *
  * Exit status: 0 after a clean run, 1 on a config or start-up error, 2 on
- * a usage error, 3 when --once saw a task fail.
+ * a usage error, 3 when --once or --bench saw a task fail.
  */
 #include "config.h"
 
@@ -24,10 +24,16 @@ usage(FILE *fp)
 "usage: jobrund [-c FILE] [-d] [-e] [-p PIDFILE]   run the daemon (foreground)\n"
 "       jobrund [-c FILE] -t                      check the configuration\n"
 "       jobrund [-c FILE] [-e] --once [JOB...]    run jobs once, print JSON results\n"
+"       jobrund [-c FILE] --bench JOB [--workers N] [--repeat N] [--json]\n"
+"                                                 compare sequential, thread and process mode\n"
 "\n"
 "  -c, --config FILE    configuration file (default " DEFAULT_CONFIG ")\n"
 "  -t, --check-config   validate the configuration, plugins included, and exit\n"
 "      --once           run the named jobs (default: every enabled job) once\n"
+"      --bench JOB      run JOB's tasks sequentially, in thread and in process mode\n"
+"      --workers N      --bench: workers per pool (default: the job's)\n"
+"      --repeat N       --bench: run the job's inputs N times over (default 1)\n"
+"      --json           --bench: print one JSON document instead of the table\n"
 "  -d, --daemonize      detach from the terminal (default: stay in the foreground)\n"
 "  -e, --log-stderr     copy log lines to stderr\n"
 "  -p, --pidfile FILE   write the daemon's pid to FILE\n"
@@ -62,11 +68,15 @@ check_config(const char *file)
 int
 main(int argc, char **argv)
 {
-	enum { OPT_ONCE = 256 };
+	enum { OPT_ONCE = 256, OPT_BENCH, OPT_WORKERS, OPT_REPEAT, OPT_JSON };
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "check-config", no_argument, NULL, 't' },
 		{ "once", no_argument, NULL, OPT_ONCE },
+		{ "bench", required_argument, NULL, OPT_BENCH },
+		{ "workers", required_argument, NULL, OPT_WORKERS },
+		{ "repeat", required_argument, NULL, OPT_REPEAT },
+		{ "json", no_argument, NULL, OPT_JSON },
 		{ "daemonize", no_argument, NULL, 'd' },
 		{ "log-stderr", no_argument, NULL, 'e' },
 		{ "pidfile", required_argument, NULL, 'p' },
@@ -76,6 +86,8 @@ main(int argc, char **argv)
 	};
 	const char *file = DEFAULT_CONFIG, *pidfile = NULL;
 	bool check = false, once = false, daemonize = false, log_stderr = false;
+	const char *bench = NULL, *workers = NULL, *repeat = NULL;
+	bool json = false;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "c:tdep:Vh", opts, NULL)) != -1) {
@@ -83,6 +95,10 @@ main(int argc, char **argv)
 		case 'c': file = optarg; break;
 		case 't': check = true; break;
 		case OPT_ONCE: once = true; break;
+		case OPT_BENCH: bench = optarg; break;
+		case OPT_WORKERS: workers = optarg; break;
+		case OPT_REPEAT: repeat = optarg; break;
+		case OPT_JSON: json = true; break;
 		case 'd': daemonize = true; break;
 		case 'e': log_stderr = true; break;
 		case 'p': pidfile = optarg; break;
@@ -98,9 +114,9 @@ main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (check + once > 1 || (check && (daemonize || pidfile)) ||
-	    (once && (daemonize || pidfile))) {
-		fprintf(stderr, "jobrund: -t, --once and the daemon options "
+	if (check + once + (bench != NULL) > 1 ||
+	    ((check || once || bench) && (daemonize || pidfile))) {
+		fprintf(stderr, "jobrund: -t, --once, --bench and the daemon options "
 			"(-d, -p) do not combine\n");
 		usage(stderr);
 		return 2;
@@ -111,8 +127,15 @@ main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (bench == NULL && (workers || repeat || json)) {
+		fprintf(stderr, "jobrund: --workers, --repeat and --json go with --bench\n");
+		usage(stderr);
+		return 2;
+	}
 	if (check)
 		return check_config(file);
+	if (bench)
+		return bench_main(file, bench, workers, repeat, json, log_stderr);
 	if (once)
 		return once_main(file, argv + optind, argc - optind, log_stderr);
 	return daemon_main(file, daemonize, pidfile, log_stderr);

@@ -131,6 +131,13 @@ proto_put_hello(struct pbuf *b, const struct msg_hello *m)
 	put_str(b, m->settings);
 	put_str(b, m->config_file);
 	put_u32(b, (uint32_t)m->log_level);
+	for (int i = 0; i < JR_RLIMITS; i++)
+		put_u64(b, (uint64_t)m->rlimit[i]);
+	put_str(b, m->user);
+	put_u32(b, m->uid);
+	put_u32(b, m->gid);
+	put_u32(b, m->set_gid ? 1 : 0);
+	put_str(b, m->cwd);
 	frame_end(b, at);
 }
 
@@ -303,6 +310,13 @@ proto_get_hello(const uint8_t *p, size_t len, struct msg_hello *m)
 	m->settings = get_str(&r, NULL);
 	m->config_file = get_str(&r, NULL);
 	m->log_level = (int32_t)get_u32(&r);
+	for (int i = 0; i < JR_RLIMITS; i++)
+		m->rlimit[i] = (int64_t)get_u64(&r);
+	m->user = get_str(&r, NULL);
+	m->uid = get_u32(&r);
+	m->gid = get_u32(&r);
+	m->set_gid = get_u32(&r) != 0;
+	m->cwd = get_str(&r, NULL);
 	if (m->job == NULL || m->plugin_dir == NULL || m->plugin == NULL)
 		r.bad = true;
 	if (finish(&r) == -1) {
@@ -321,6 +335,8 @@ proto_hello_free(struct msg_hello *m)
 	free_str(m->plugin);
 	free_str(m->settings);
 	free_str(m->config_file);
+	free_str(m->user);
+	free_str(m->cwd);
 	memset(m, 0, sizeof *m);
 }
 

@@ -145,6 +145,12 @@ result_write_json(FILE *fp, const struct task_result *r)
 		fputs(",\"error\":", fp);
 		write_cstr(fp, r->error);
 	}
+	if (r->worker_output) {
+		fputs(",\"worker_output\":", fp);
+		json_write_string(fp, r->worker_output, r->worker_output_len);
+	}
+	if (r->worker_output_dropped)
+		fprintf(fp, ",\"worker_output_dropped\":%zu", r->worker_output_dropped);
 	fprintf(fp, ",\"mode\":\"%s\",\"pid\":%ld", mode_name(r->mode), (long)r->pid);
 	if (r->status == TASK_CRASHED || r->status == TASK_KILLED ||
 	    r->status == TASK_TIMEOUT) {
@@ -189,6 +195,7 @@ result_clear(struct task_result *r)
 {
 	free(r->output);
 	free(r->error);
-	r->output = r->error = NULL;
-	r->output_len = 0;
+	free(r->worker_output);
+	r->output = r->error = r->worker_output = NULL;
+	r->output_len = r->worker_output_len = r->worker_output_dropped = 0;
 }

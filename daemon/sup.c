@@ -65,6 +65,8 @@ struct worker {
 	bool timed_out, cancelled, stopping;
 	bool hard_stop;                 /* shutdown: grace is shutdown_grace */
 	char *fail_msg;                 /* from a FAIL message */
+	int tasks_done;
+	unsigned long seq;              /* JOBRUND_WORKER tag: pid.seq */
 	struct worker *next;
 };
 
@@ -84,6 +86,7 @@ struct sup_pool {
 };
 
 static int live_workers;
+static unsigned long worker_seq;
 static int pools_stopping;          /* stopped, not yet freed */
 
 static void dispatch(struct sup_pool *sp);
@@ -93,7 +96,7 @@ const char *
 sup_worker_path(void)
 {
 	static char path[4096 + 32];
-	const char *env = getenv("JOBRUND_WORKER");
+	const char *env = getenv("JOBRUND_WORKER_PATH");
 	char exe[4096];
 	ssize_t n;
 
@@ -300,6 +303,32 @@ log_output_line(struct worker *w)
 	w->linelen = 0;
 }
 
+/* Keep what the worker writes during a task with the task's result, up to
+ * the job's output_limit; count the rest. */
+static void
+keep_output(struct worker *w, const char *buf, size_t n)
+{
+	struct task_result *r = &w->task->result;
+	size_t limit = w->pool->def->output_limit;
+	size_t room = limit > r->worker_output_len ? limit - r->worker_output_len : 0;
+	size_t take = n < room ? n : room;
+
+	if (take > 0) {
+		r->worker_output = xrealloc(r->worker_output, r->worker_output_len + take + 1);
+		memcpy(r->worker_output + r->worker_output_len, buf, take);
+		r->worker_output_len += take;
+		r->worker_output[r->worker_output_len] = '\0';
+	}
+	if (take < n) {
+		if (r->worker_output_dropped == 0)
+			log_msg(LOG_NOTICE, "job %s: worker %d: task %zu wrote more than "
+				"output_limit (%zu bytes): keeping the first %zu",
+				w->pool->def->name, (int)w->pid, w->task->index,
+				limit, limit);
+		r->worker_output_dropped += n - take;
+	}
+}
+
 static void
 read_output(struct worker *w, bool drain)
 {
@@ -320,6 +349,8 @@ read_output(struct worker *w, bool drain)
 			return;
 		}
 		total += (size_t)n;
+		if (w->state == W_BUSY && w->task)
+			keep_output(w, buf, (size_t)n);
 		for (ssize_t i = 0; i < n; i++) {
 			if (buf[i] == '\n') {
 				log_output_line(w);
@@ -340,6 +371,55 @@ on_output(int fd, uint32_t events, void *arg)
 	read_output(arg, false);
 }
 
+/* A worker's resident set size in bytes, from /proc; 0 if unknown. */
+static uint64_t
+worker_rss(pid_t pid)
+{
+	char path[64], line[256];
+	uint64_t kb = 0;
+	FILE *fp;
+
+	snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+	if ((fp = fopen(path, "re")) == NULL)
+		return 0;
+	while (fgets(line, sizeof line, fp))
+		if (sscanf(line, "VmRSS: %" SCNu64 " kB", &kb) == 1)
+			break;
+	fclose(fp);
+	return kb * 1024;
+}
+
+/* Retire a worker gracefully: it exits at the socket's EOF. */
+static void close_socket(struct worker *w);
+
+static void
+retire_worker(struct worker *w)
+{
+	w->stopping = true;
+	close_socket(w);
+}
+
+/* max_tasks_per_worker and max_rss, checked after each task. */
+static void
+check_worker_limits(struct worker *w)
+{
+	const struct job_def *def = w->pool->def;
+	uint64_t rss;
+
+	if (def->max_tasks_per_worker > 0 && w->tasks_done >= def->max_tasks_per_worker) {
+		log_debug("job %s: worker %d retired after %d tasks (max_tasks_per_worker)",
+			  def->name, (int)w->pid, w->tasks_done);
+		retire_worker(w);
+		return;
+	}
+	if (def->max_rss > 0 && (rss = worker_rss(w->pid)) > def->max_rss) {
+		log_msg(LOG_NOTICE, "job %s: worker %d uses %" PRIu64 " KiB, over max_rss "
+			"(%" PRIu64 " KiB): replacing it", def->name, (int)w->pid,
+			rss / 1024, def->max_rss / 1024);
+		retire_worker(w);
+	}
+}
+
 static void
 take_result(struct worker *w, const uint8_t *p, size_t len)
 {
@@ -352,6 +432,10 @@ take_result(struct worker *w, const uint8_t *p, size_t len)
 		signal_group(w, SIGKILL);
 		return;
 	}
+	/* What the task printed before returning is in the pipe already:
+	 * take it now, so it is kept with this task and not the next. */
+	if (w->state == W_BUSY && w->outfd != -1)
+		read_output(w, true);
 	if (w->state != W_BUSY || m.id != w->task_id) {
 		log_msg(LOG_ERR, "job %s: worker %d sent a result for task %" PRIu64
 			" it was not running: ignored", w->pool->def->name, (int)w->pid, m.id);
@@ -383,9 +467,12 @@ take_result(struct worker *w, const uint8_t *p, size_t len)
 	w->task = NULL;
 	w->state = W_IDLE;
 	w->pool->failures = 0;
+	w->tasks_done++;
 	t->exec_priv = NULL;
 	if (w->escalation >= 2)
 		w->stopping = true;     /* signalled: it is going away */
+	else
+		check_worker_limits(w);
 	run_task_done(t);
 }
 
@@ -522,6 +609,46 @@ on_exit_event(int fd, uint32_t events, void *arg)
 
 /* --- spawning --------------------------------------------------------- */
 
+/*
+ * A worker's environment: jobrund's own, or with `env` a clean one (a
+ * default PATH unless the job sets one, plus its variables).  Always the
+ * JOBRUND_JOB and JOBRUND_WORKER tags, which its descendants inherit: they
+ * are how jobrund recognises a job's escaped processes (reaper.c).  A
+ * NULL-terminated array of malloc'd strings.
+ */
+static char **
+worker_environment(const struct job_def *def, unsigned long seq)
+{
+	size_t n = 0, cap;
+	char **envp;
+	bool has_path = false;
+
+	if (def->has_env) {
+		cap = def->nenv + 4;
+		envp = xcalloc(cap, sizeof *envp);
+		for (size_t i = 0; i < def->nenv; i++) {
+			has_path |= strncmp(def->env[i], "PATH=", 5) == 0;
+			envp[n++] = xstrdup(def->env[i]);
+		}
+		if (!has_path)
+			envp[n++] = xstrdup("PATH=/usr/local/bin:/usr/bin:/bin");
+	} else {
+		size_t count = 0;
+		for (char **e = environ; *e; e++)
+			count++;
+		cap = count + 3;
+		envp = xcalloc(cap, sizeof *envp);
+		for (char **e = environ; *e; e++)
+			if (strncmp(*e, "JOBRUND_JOB=", 12) != 0 &&
+			    strncmp(*e, "JOBRUND_WORKER=", 15) != 0)
+				envp[n++] = xstrdup(*e);
+	}
+	envp[n++] = xasprintf("JOBRUND_JOB=%s", def->name);
+	envp[n++] = xasprintf("JOBRUND_WORKER=%ld.%lu", (long)getpid(), seq);
+	envp[n] = NULL;
+	return envp;
+}
+
 static int
 spawn_worker(struct sup_pool *sp)
 {
@@ -530,7 +657,8 @@ spawn_worker(struct sup_pool *sp)
 	posix_spawnattr_t attr;
 	sigset_t none, all;
 	int sv[2] = { -1, -1 }, outp[2] = { -1, -1 };
-	char *argv[2];
+	char *argv[2], **envp;
+	unsigned long seq;
 	struct worker *w;
 	struct msg_hello hello;
 	pid_t pid;
@@ -556,8 +684,13 @@ spawn_worker(struct sup_pool *sp)
 				 POSIX_SPAWN_SETPGROUP);
 	argv[0] = xasprintf("jobrund-worker: %s", sp->def->name);
 	argv[1] = NULL;
-	rc = posix_spawn(&pid, path, &fa, &attr, argv, environ);
+	seq = ++worker_seq;
+	envp = worker_environment(sp->def, seq);
+	rc = posix_spawn(&pid, path, &fa, &attr, argv, envp);
 	free(argv[0]);
+	for (char **e = envp; *e; e++)
+		free(*e);
+	free(envp);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
 	if (rc != 0) {
@@ -589,6 +722,7 @@ spawn_worker(struct sup_pool *sp)
 	w->sock = sv[0];
 	w->outfd = outp[0];
 	w->state = W_STARTING;
+	w->seq = seq;
 	pconn_init(&w->conn, w->sock);
 	w->sock_w = loop_add(w->sock, EPOLLIN, on_socket, w);
 	w->out_w = loop_add(w->outfd, EPOLLIN, on_output, w);
@@ -606,6 +740,13 @@ spawn_worker(struct sup_pool *sp)
 	hello.settings = sp->def->settings_text;
 	hello.config_file = sp->cfg->file;
 	hello.log_level = log_get_level();
+	for (int i = 0; i < JR_RLIMITS; i++)
+		hello.rlimit[i] = sp->def->rlimit[i];
+	hello.user = sp->def->user;
+	hello.uid = (uint32_t)sp->def->uid;
+	hello.gid = (uint32_t)sp->def->gid;
+	hello.set_gid = sp->def->user != NULL || sp->def->group != NULL;
+	hello.cwd = sp->def->cwd;
 	proto_put_hello(&w->conn.out, &hello);
 	worker_flush(w);
 	log_debug("job %s: started worker %d", sp->def->name, (int)pid);
@@ -654,13 +795,17 @@ dispatch(struct sup_pool *sp)
 			send_task(idle, queue_pop(sp));
 			continue;
 		}
-		if (sp->stopping || sp->nworkers >= sp->def->workers)
+		/* Retiring workers (stopping) no longer count: their
+		 * replacements may start while they exit. */
+		int starting = 0, queued = 0, serving = 0;
+		for (w = sp->workers; w; w = w->next) {
+			starting += w->state == W_STARTING && !w->stopping;
+			serving += !w->stopping;
+		}
+		if (sp->stopping || serving >= sp->def->workers)
 			return;
 		/* Start at most one worker per queued task beyond those
 		 * already starting. */
-		int starting = 0, queued = 0;
-		for (w = sp->workers; w; w = w->next)
-			starting += w->state == W_STARTING;
 		for (struct task *t = sp->qhead; t; t = t->next)
 			queued++;
 		if (starting >= queued)

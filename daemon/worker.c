@@ -16,6 +16,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -158,6 +159,49 @@ wait_frame(uint8_t *type, const uint8_t **p, size_t *len)
 	}
 }
 
+/* What the job asked for, before any plugin code runs: directory,
+ * limits (raising a hard limit needs root, so before dropping it), then
+ * groups and user.  Any failure is fatal: a worker running with the
+ * wrong identity or without its limits must not run tasks. */
+static void
+apply_limits_and_identity(const struct msg_hello *h)
+{
+	for (int i = 0; i < JR_RLIMITS; i++) {
+		struct rlimit rl;
+
+		if (h->rlimit[i] < 0)
+			continue;
+		rl.rlim_cur = rl.rlim_max = h->rlimit[i] == INT64_MAX ?
+			RLIM_INFINITY : (rlim_t)h->rlimit[i];
+		if (setrlimit(rlimit_resources[i], &rl) == -1)
+			fail("rlimits.%s = %lld: %s", rlimit_names[i],
+			     (long long)h->rlimit[i], strerror(errno));
+	}
+	if (h->set_gid) {
+		gid_t gid = (gid_t)h->gid;
+
+		if (h->user ? initgroups(h->user, gid) == -1 :
+			      setgroups(1, &gid) == -1)
+			fail("cannot set supplementary groups: %s", strerror(errno));
+		if (setresgid(gid, gid, gid) == -1)
+			fail("cannot switch to gid %u: %s", (unsigned)gid, strerror(errno));
+	}
+	if (h->user) {
+		uid_t uid = (uid_t)h->uid;
+
+		if (setresuid(uid, uid, uid) == -1)
+			fail("cannot switch to user %s (uid %u): %s", h->user,
+			     (unsigned)uid, strerror(errno));
+		if (uid != 0 && setuid(0) == 0)
+			fail("dropped to user %s but could regain root", h->user);
+	}
+	/* A change of credentials clears the death signal: set it again. */
+	if (h->set_gid || h->user)
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (h->cwd && chdir(h->cwd) == -1)
+		fail("cwd %s: %s", h->cwd, strerror(errno));
+}
+
 static double
 process_cpu_now(void)
 {
@@ -234,6 +278,8 @@ main(int argc, char **argv)
 	/* Die with the daemon; the socket's EOF covers the window before
 	 * this call, when the daemon may already be gone. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* Only fds 0-3 belong here, whatever a careless parent leaked. */
+	close_range(WORKER_FD + 1, ~0U, 0);
 	signal(SIGPIPE, SIG_IGN);
 	openlog("jobrund", LOG_PID, LOG_DAEMON);
 	pconn_init(&conn, WORKER_FD);
@@ -249,6 +295,7 @@ main(int argc, char **argv)
 	job_name = hello.job;
 	log_init("jobrund", false, hello.log_level);
 	host_set_log_hook(log_to_daemon);
+	apply_limits_and_identity(&hello);
 
 	plugin = loader_open(hello.plugin_dir, hello.plugin, err, sizeof err);
 	if (plugin == NULL)

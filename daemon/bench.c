@@ -1,0 +1,983 @@
+/*
+ * bench.c - `jobrund --bench JOB`: run one job's tasks three ways, measure
+ * each, and say which mode suits the job.
+ *
+ * The three runs, one after the other:
+ *   sequential  one task after another in this thread, calling the plugin
+ *               directly: the baseline, with no executor at all;
+ *   thread      the job in thread mode with N workers;
+ *   process     the job in process mode with N workers.
+ * The last two go through the daemon's own machinery (jobrt_new,
+ * run_start, the event loop, tpool.c, sup.c), so the numbers are the ones
+ * the daemon would show.  The job's configured mode is ignored; a plugin
+ * that is not JR_PLUGIN_THREAD_SAFE gets one thread, and the table says so.
+ * The sequential and thread runs call the plugin inside jobrund: a plugin
+ * that crashes takes the bench down, as it would take the daemon.
+ *
+ * What each run reports:
+ *   wall          from creating the pool (plugin init included) to the
+ *                 last result;
+ *   CPU           user+sys of jobrund and of its workers: getrusage SELF
+ *                 and CHILDREN deltas, read once the workers are reaped;
+ *   peak RSS      jobrund's VmHWM, reset through /proc/self/clear_refs
+ *                 before the run, plus each worker's VmHWM, sampled while
+ *                 it lives: an upper bound on the peak of the sum;
+ *   start-up      creation of the pool to its first result, less that
+ *                 task's own time: what a cold pool costs;
+ *   overhead      (wall x workers - sum of the tasks' own wall) / tasks,
+ *                 with workers at most the number of tasks: worker time
+ *                 per task not spent in the plugin (dispatch, results,
+ *                 start-up, idling at the end).
+ * From these, one recommendation: CPU-bound or waiting from the
+ * sequential run's CPU/wall ratio, thread or process from the measured
+ * speed-ups and what process mode's isolation costs.
+ *
+ * The table goes to stdout (one JSON document with --json), a progress
+ * line to stderr when it is a terminal.  Exit status: 0; 1 on a config
+ * error; 2 on a usage error; 3 when a task failed or a signal cut the
+ * bench short (the table still comes out, saying which).
+ */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
+#include "jobrund.h"
+
+#define BENCH_FAILS_KEPT	10		/* failures described per run */
+#define BENCH_SAMPLE_S		0.1		/* worker memory sampling */
+#define BENCH_PROGRESS_S	0.1		/* progress line refresh */
+#define BENCH_WORKERS_MAX	1024		/* what config.c allows */
+#define BENCH_TASKS_MAX		100000000UL	/* inputs x repeat */
+#define BENCH_PIDS_MAX		4096
+
+enum bench_kind { BENCH_SEQ, BENCH_THREAD, BENCH_PROCESS, BENCH_NKINDS };
+
+/* A process's memory in KiB; -1 where unknown. */
+struct bench_mem {
+	pid_t pid;
+	long rss, hwm, uss;
+};
+
+struct bench_fail {
+	size_t index;                   /* in the bench's task list */
+	enum task_status status;
+	char *error;                    /* owned; may be NULL */
+};
+
+/* One of the three runs. */
+struct bench_run {
+	const char *name;
+	int workers;
+	struct job_def def;             /* the job as this run runs it */
+	bool ran, complete;
+	double t0, t_first, t_end;      /* mono_now() */
+	double user0, sys0;             /* rusage at t0 */
+	double wall, user, sys;
+	double task_wall;               /* sum of the tasks' own wall */
+	double first_task_wall;
+	size_t ndone, nfailed;
+	struct bench_fail fails[BENCH_FAILS_KEPT];
+	size_t nfails;
+	struct bench_mem self;          /* jobrund at the last result */
+	struct bench_mem *wk;           /* each worker seen: its peak */
+	size_t nwk, wkcap;
+	char note[256];
+};
+
+/* What a run's numbers give, for the table, the JSON and the advice. */
+struct bench_derived {
+	double cpu, cpu_wall, speedup, tasks_s, startup, overhead;
+	long peak, workers_peak;        /* KiB; -1 unknown */
+};
+
+struct bench {
+	struct jr_config *cfg;
+	struct job_def *job;
+	char **inputs;                  /* ntasks pointers into the config */
+	size_t ntasks, ninputs;
+	long repeat;
+	int workers;
+	bool thread_safe;
+	bool hwm_reset;                 /* clear_refs works: peaks per run */
+	bool json, progress;
+	bool interrupted;
+	long ncpus;
+	struct bench_run runs[BENCH_NKINDS];
+	struct bench_run *cur;
+	struct jobrt *rt;
+	struct loop_timer *sampler, *drain;
+	double last_progress;
+};
+
+/* --- measuring --------------------------------------------------------- */
+
+static void
+bench_rusage(double *user, double *sys)
+{
+	struct rusage self, kids;
+
+	getrusage(RUSAGE_SELF, &self);
+	getrusage(RUSAGE_CHILDREN, &kids);
+	*user = (double)(self.ru_utime.tv_sec + kids.ru_utime.tv_sec) +
+	    (double)(self.ru_utime.tv_usec + kids.ru_utime.tv_usec) / 1e6;
+	*sys = (double)(self.ru_stime.tv_sec + kids.ru_stime.tv_sec) +
+	    (double)(self.ru_stime.tv_usec + kids.ru_stime.tv_usec) / 1e6;
+}
+
+/* Value of a "Key:   N kB" line, or -1 if LINE is not KEY's. */
+static long
+bench_kib(const char *line, const char *key)
+{
+	size_t len = strlen(key);
+
+	if (strncmp(line, key, len) != 0 || line[len] != ':')
+		return -1;
+	return strtol(line + len + 1, NULL, 10);
+}
+
+/* PID's memory from /proc: VmRSS and VmHWM from status, USS (private
+ * pages: Private_Clean + Private_Dirty) from smaps_rollup. */
+static void
+bench_read_mem(pid_t pid, struct bench_mem *m)
+{
+	char path[64], line[256];
+	long clean = -1, dirty = -1, v;
+	FILE *fp;
+
+	m->pid = pid;
+	m->rss = m->hwm = m->uss = -1;
+	snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+	if ((fp = fopen(path, "re")) != NULL) {
+		while (fgets(line, sizeof line, fp) != NULL) {
+			if ((v = bench_kib(line, "VmRSS")) >= 0)
+				m->rss = v;
+			else if ((v = bench_kib(line, "VmHWM")) >= 0)
+				m->hwm = v;
+		}
+		fclose(fp);
+	}
+	snprintf(path, sizeof path, "/proc/%d/smaps_rollup", (int)pid);
+	if ((fp = fopen(path, "re")) != NULL) {
+		while (fgets(line, sizeof line, fp) != NULL) {
+			if ((v = bench_kib(line, "Private_Clean")) >= 0)
+				clean = v;
+			else if ((v = bench_kib(line, "Private_Dirty")) >= 0)
+				dirty = v;
+		}
+		fclose(fp);
+	}
+	if (clean >= 0 && dirty >= 0)
+		m->uss = clean + dirty;
+}
+
+/* Reset jobrund's VmHWM to its current RSS (Linux 4.0 and later). */
+static bool
+bench_reset_hwm(void)
+{
+	FILE *fp;
+	bool ok;
+
+#ifdef __GLIBC__
+	/* Give back what earlier runs freed, so it does not count here. */
+	malloc_trim(0);
+#endif
+	if ((fp = fopen("/proc/self/clear_refs", "we")) == NULL)
+		return false;
+	ok = fputs("5", fp) >= 0;
+	if (fclose(fp) != 0)
+		ok = false;
+	return ok;
+}
+
+/* The parent pid in /proc/PID/stat, or -1. */
+static pid_t
+bench_ppid(const char *pid)
+{
+	char path[300], buf[512], *p;
+	int ppid = -1;
+	FILE *fp;
+
+	snprintf(path, sizeof path, "/proc/%s/stat", pid);
+	if ((fp = fopen(path, "re")) == NULL)
+		return -1;
+	/* "pid (comm) state ppid ...": comm may hold anything but ends at
+	 * the last ')'. */
+	if (fgets(buf, sizeof buf, fp) != NULL && (p = strrchr(buf, ')')) != NULL)
+		sscanf(p + 1, " %*c %d", &ppid);
+	fclose(fp);
+	return (pid_t)ppid;
+}
+
+/* jobrund's children (its workers) into PIDS; returns how many.  From
+ * /proc/self/task/TID/children, or a scan of /proc on kernels without
+ * CONFIG_PROC_CHILDREN. */
+static size_t
+bench_children(pid_t *pids, size_t max)
+{
+	char path[300];
+	struct dirent *de;
+	bool have_lists = false;
+	size_t n = 0;
+	pid_t me = getpid();
+	long v;
+	FILE *fp;
+	DIR *d;
+
+	if ((d = opendir("/proc/self/task")) != NULL) {
+		while ((de = readdir(d)) != NULL && n < max) {
+			if (de->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof path, "/proc/self/task/%s/children",
+			    de->d_name);
+			if ((fp = fopen(path, "re")) == NULL)
+				continue;
+			have_lists = true;
+			while (n < max && fscanf(fp, "%ld", &v) == 1)
+				pids[n++] = (pid_t)v;
+			fclose(fp);
+		}
+		closedir(d);
+	}
+	if (have_lists || (d = opendir("/proc")) == NULL)
+		return n;
+	while ((de = readdir(d)) != NULL && n < max) {
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		if (bench_ppid(de->d_name) == me)
+			pids[n++] = (pid_t)strtol(de->d_name, NULL, 10);
+	}
+	closedir(d);
+	return n;
+}
+
+/* Record every live worker's memory in the current run: its peak, and
+ * its RSS and USS as last seen. */
+static void
+bench_sample(struct bench *b)
+{
+	static pid_t pids[BENCH_PIDS_MAX];
+	struct bench_run *r = b->cur;
+	size_t n = bench_children(pids, BENCH_PIDS_MAX);
+
+	for (size_t i = 0; i < n; i++) {
+		struct bench_mem m, *w = NULL;
+
+		bench_read_mem(pids[i], &m);
+		if (m.hwm < 0)
+			continue;       /* gone meanwhile */
+		for (size_t j = 0; j < r->nwk; j++)
+			if (r->wk[j].pid == m.pid)
+				w = &r->wk[j];
+		if (w == NULL) {
+			if (r->nwk == r->wkcap) {
+				r->wkcap = r->wkcap ? r->wkcap * 2 : 8;
+				r->wk = xrealloc(r->wk, r->wkcap * sizeof *r->wk);
+			}
+			w = &r->wk[r->nwk++];
+			*w = m;
+			continue;
+		}
+		if (m.hwm > w->hwm)
+			w->hwm = m.hwm;
+		w->rss = m.rss;
+		w->uss = m.uss;
+	}
+}
+
+static void
+bench_sample_fired(void *arg)
+{
+	bench_sample(arg);
+}
+
+static void
+bench_progress(struct bench *b, bool force)
+{
+	double now;
+
+	if (!b->progress || b->cur == NULL)
+		return;
+	now = mono_now();
+	if (!force && now - b->last_progress < BENCH_PROGRESS_S)
+		return;
+	b->last_progress = now;
+	fprintf(stderr, "\r\033[Kjobrund --bench %s: %s, %d worker%s: %zu/%zu tasks",
+	    b->job->name, b->cur->name, b->cur->workers,
+	    b->cur->workers == 1 ? "" : "s", b->cur->ndone, b->ntasks);
+	fflush(stderr);
+}
+
+static void
+bench_begin(struct bench *b, struct bench_run *r)
+{
+	b->cur = r;
+	r->ran = true;
+	b->hwm_reset = bench_reset_hwm();
+	bench_rusage(&r->user0, &r->sys0);
+	bench_progress(b, true);
+	r->t0 = mono_now();
+}
+
+/* The run's last result is in (workers may still live). */
+static void
+bench_last_result(struct bench *b, struct bench_run *r)
+{
+	r->t_end = mono_now();
+	r->wall = r->t_end - r->t0;
+	bench_read_mem(getpid(), &r->self);
+	bench_sample(b);
+}
+
+/* Everything is reaped: the CPU figures are complete. */
+static void
+bench_end(struct bench *b, struct bench_run *r)
+{
+	double user, sys;
+
+	bench_rusage(&user, &sys);
+	r->user = user - r->user0;
+	r->sys = sys - r->sys0;
+	r->complete = r->ndone == b->ntasks;
+	bench_progress(b, true);
+	b->cur = NULL;
+}
+
+/* Count one task's result. */
+static void
+bench_record(struct bench_run *r, size_t index, const struct task_result *tr)
+{
+	if (r->ndone++ == 0) {
+		r->t_first = mono_now();
+		r->first_task_wall = tr->wall_s;
+	}
+	r->task_wall += tr->wall_s;
+	if (tr->status == TASK_OK)
+		return;
+	r->nfailed++;
+	if (r->nfails < BENCH_FAILS_KEPT) {
+		struct bench_fail *f = &r->fails[r->nfails++];
+		f->index = index;
+		f->status = tr->status;
+		f->error = tr->error ? xstrdup(tr->error) : NULL;
+	}
+}
+
+/* --- the sequential run ------------------------------------------------ */
+
+/* SIGINT and SIGTERM are blocked (the loop reads them from a signalfd),
+ * so between and inside sequential tasks they show as pending. */
+static bool
+bench_signal_pending(void)
+{
+	sigset_t set;
+
+	if (sigpending(&set) == -1)
+		return false;
+	return sigismember(&set, SIGINT) == 1 || sigismember(&set, SIGTERM) == 1;
+}
+
+static int
+bench_seq_cancel_check(struct jr_task *t)
+{
+	(void)t;
+	return bench_signal_pending();
+}
+
+static void
+bench_sequential(struct bench *b)
+{
+	struct bench_run *r = &b->runs[BENCH_SEQ];
+	const struct jr_plugin *pl = loader_descriptor(b->job->plugin);
+	struct errlist errs = { 0 };
+	struct jr_job hj;
+	void *state = NULL;
+	int rc;
+
+	bench_begin(b, r);
+	host_job_init(&hj, &r->def, b->cfg->file, &errs);
+	rc = host_plugin_init(pl, &hj, &state);
+	host_job_release(&hj);
+	for (size_t i = 0; i < b->ntasks; i++) {
+		struct task_result tr = { 0 };
+		struct jr_task jt;
+
+		if (bench_signal_pending()) {
+			b->interrupted = true;
+			break;
+		}
+		if (rc != 0) {
+			tr.status = TASK_FAILED;
+			tr.error = xasprintf("plugin %s: init failed: %s",
+			    b->job->plugin_name, errs.n ? errs.msgs[0] : strerror(rc));
+		} else {
+			host_task_init(&jt, r->def.name, b->inputs[i], r->def.timeout_s);
+			jt.cancel_check = bench_seq_cancel_check;
+			host_run_task(pl, state, &jt, &tr);
+			host_task_release(&jt);
+		}
+		bench_record(r, i, &tr);
+		result_clear(&tr);
+		bench_progress(b, false);
+	}
+	if (rc == 0 && pl->fini != NULL)
+		pl->fini(&host_table, state);
+	errlist_free(&errs);
+	bench_last_result(b, r);
+	bench_end(b, r);
+}
+
+/* --- the thread and process runs --------------------------------------- */
+
+static void
+bench_task_done(const struct task_result *tr, void *arg)
+{
+	struct bench *b = arg;
+
+	bench_record(b->cur, tr->index, tr);
+	bench_progress(b, false);
+}
+
+static void
+bench_drain_check(void *arg)
+{
+	struct bench *b = arg;
+
+	if (jobrt_count() > 0 || sup_live_workers() > 0 ||
+	    sup_pools_stopping() > 0 || tpool_threads_alive() > 0)
+		return;
+	loop_timer_remove(b->drain);
+	b->drain = NULL;
+	loop_break();
+}
+
+static void
+bench_run_done(struct jobrt *rt, uint64_t id, size_t ntasks, size_t nfailed,
+    double wall, void *arg)
+{
+	struct bench *b = arg;
+
+	(void)id; (void)ntasks; (void)nfailed; (void)wall;
+	bench_last_result(b, b->cur);
+	loop_timer_remove(b->sampler);
+	b->sampler = NULL;
+	/* Stop the pool and wait until every worker is reaped: only then
+	 * does RUSAGE_CHILDREN hold their CPU time. */
+	jobrt_retire(rt, false);
+	b->rt = NULL;
+	b->drain = loop_timer_add(0, 0.01, bench_drain_check, b);
+}
+
+static void
+bench_on_signal(int signo, void *arg)
+{
+	struct bench *b = arg;
+
+	if (signo == SIGHUP)
+		return;
+	if (b->interrupted) {
+		log_msg(LOG_WARNING, "second SIG%s: exiting now", sigabbrev_np(signo));
+		exit(3);
+	}
+	b->interrupted = true;
+	if (b->rt != NULL)
+		jobrt_cancel(b->rt, true);
+}
+
+static int
+bench_pool(struct bench *b, struct bench_run *r)
+{
+	bench_begin(b, r);
+	b->sampler = loop_timer_add(BENCH_SAMPLE_S, BENCH_SAMPLE_S,
+	    bench_sample_fired, b);
+	b->rt = jobrt_new(&r->def, b->cfg);
+	/* The run may end inside run_start (no tasks, a failed init), and
+	 * then retire the runtime: do not touch it after. */
+	run_start(b->rt);
+	if (loop_run() == -1)
+		return -1;
+	bench_end(b, r);
+	return 0;
+}
+
+/* --- the results --------------------------------------------------------- */
+
+static void
+bench_derive(const struct bench *b, const struct bench_run *r,
+    struct bench_derived *d)
+{
+	const struct bench_run *seq = &b->runs[BENCH_SEQ];
+	size_t used = (size_t)r->workers < r->ndone ? (size_t)r->workers : r->ndone;
+
+	d->cpu = r->user + r->sys;
+	d->cpu_wall = r->wall > 0 ? d->cpu / r->wall : NAN;
+	d->speedup = seq->complete && r->complete && r->wall > 0 ?
+	    seq->wall / r->wall : NAN;
+	d->tasks_s = r->wall > 0 ? (double)r->ndone / r->wall : NAN;
+	d->startup = r->ndone > 0 ? r->t_first - r->t0 - r->first_task_wall : NAN;
+	d->overhead = r->ndone > 0 ?
+	    (r->wall * (double)used - r->task_wall) / (double)r->ndone : NAN;
+	d->workers_peak = 0;
+	for (size_t i = 0; i < r->nwk; i++)
+		d->workers_peak += r->wk[i].hwm;
+	d->peak = r->self.hwm >= 0 ? r->self.hwm + d->workers_peak : -1;
+}
+
+static const char *
+bench_fmt_time(double s, char *buf, size_t len)
+{
+	if (isnan(s))
+		snprintf(buf, len, "-");
+	else if (fabs(s) >= 1)
+		snprintf(buf, len, "%.3f s", s);
+	else if (fabs(s) >= 1e-3)
+		snprintf(buf, len, "%.2f ms", s * 1e3);
+	else if (fabs(s) >= 1e-6)
+		snprintf(buf, len, "%.2f us", s * 1e6);
+	else
+		snprintf(buf, len, "%.0f ns", s * 1e9);
+	return buf;
+}
+
+static const char *
+bench_fmt_kib(long kib, char *buf, size_t len)
+{
+	if (kib < 0)
+		snprintf(buf, len, "?");
+	else if (kib >= 1024)
+		snprintf(buf, len, "%.1f MiB", (double)kib / 1024);
+	else
+		snprintf(buf, len, "%ld KiB", kib);
+	return buf;
+}
+
+/* The recommendation and its reason, in one line; *MODE and *WORKLOAD
+ * get short names for the JSON. */
+static void
+bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
+    const char **workload, double *ratio)
+{
+	const struct bench_run *seq = &b->runs[BENCH_SEQ];
+	const struct bench_run *th = &b->runs[BENCH_THREAD];
+	const struct bench_run *pr = &b->runs[BENCH_PROCESS];
+	struct bench_derived dt, dp;
+	char t1[32], t2[32], t3[32], m1[32];
+	const char *kind;
+	double mean, cost;
+
+	*mode = "none";
+	*workload = "unknown";
+	*ratio = seq->wall > 0 ? (seq->user + seq->sys) / seq->wall : NAN;
+	if (b->ntasks == 0) {
+		snprintf(buf, len, "nothing to measure: the job has no tasks");
+		return;
+	}
+	if (!seq->complete || !th->complete || !pr->complete) {
+		snprintf(buf, len, "none: the bench did not finish");
+		return;
+	}
+	if (*ratio >= 0.8) {
+		*workload = "cpu-bound";
+		kind = "CPU-bound";
+	} else if (*ratio <= 0.3) {
+		*workload = "waiting";
+		kind = "mostly waiting (I/O-bound)";
+	} else {
+		*workload = "mixed";
+		kind = "mixed CPU and waiting";
+	}
+	bench_derive(b, th, &dt);
+	bench_derive(b, pr, &dp);
+	mean = seq->task_wall / (double)seq->ndone;
+	cost = th->wall > 0 ? pr->wall / th->wall - 1 : 0;
+	if (dp.peak >= 0 && dt.peak >= 0)
+		snprintf(m1, sizeof m1, "%+.1f MiB", (double)(dp.peak - dt.peak) / 1024);
+	else
+		snprintf(m1, sizeof m1, "an unknown amount");
+
+	if (!b->thread_safe && b->workers > 1) {
+		*mode = pr->wall < th->wall ? "process" : "thread";
+		snprintf(buf, len, "%s mode: %s (CPU/wall %.2f sequential); the "
+		    "plugin is not thread-safe, so only process mode runs it on %d "
+		    "workers (%.2fx over sequential, against %.2fx for one thread)",
+		    *mode, kind, *ratio, b->workers, dp.speedup, dt.speedup);
+		return;
+	}
+	if (b->workers > 1 && dt.speedup < 1.1 && dp.speedup < 1.1) {
+		*mode = dp.speedup > dt.speedup ? "process" : "thread";
+		snprintf(buf, len, "%s mode, or bigger tasks: the tasks are too short "
+		    "(%s each) for %d workers to pay: each costs %s of overhead in "
+		    "thread mode and %s in process mode", *mode,
+		    bench_fmt_time(mean, t1, sizeof t1), b->workers,
+		    bench_fmt_time(dt.overhead, t2, sizeof t2),
+		    bench_fmt_time(dp.overhead, t3, sizeof t3));
+		return;
+	}
+	if (pr->wall <= th->wall * 1.10) {
+		*mode = "process";
+		snprintf(buf, len, "process mode: %s (CPU/wall %.2f sequential), and "
+		    "process mode keeps up with thread mode (%.2fx against %.2fx), so "
+		    "its isolation (a crash fails one task, a runaway task is killed) "
+		    "costs %+.0f%% wall and %s of memory here", kind, *ratio,
+		    dp.speedup, dt.speedup, cost * 100, m1);
+		return;
+	}
+	*mode = "thread";
+	snprintf(buf, len, "thread mode: %s (CPU/wall %.2f sequential), and thread "
+	    "mode is %.2fx as fast as process mode (overhead %s against %s per "
+	    "task); process mode's isolation would cost %+.0f%% wall and %s of "
+	    "memory: worth it only for an untrusted, crashy or leaky plugin",
+	    kind, *ratio, pr->wall / th->wall,
+	    bench_fmt_time(dt.overhead, t1, sizeof t1),
+	    bench_fmt_time(dp.overhead, t2, sizeof t2), cost * 100, m1);
+}
+
+static void
+bench_print_failures(const struct bench *b, const struct bench_run *r)
+{
+	if (r->nfailed == 0)
+		return;
+	printf("%s: %zu of %zu tasks did not succeed:\n", r->name, r->nfailed,
+	    b->ntasks);
+	for (size_t i = 0; i < r->nfails; i++) {
+		const struct bench_fail *f = &r->fails[i];
+		const char *in = b->inputs[f->index];
+
+		printf("  task %zu (input %zu%s%s%s): %s%s%s\n", f->index,
+		    f->index % b->ninputs, in ? " \"" : "", in ? in : "",
+		    in ? "\"" : "", status_name(f->status),
+		    f->error ? ": " : "", f->error ? f->error : "");
+	}
+	if (r->nfailed > r->nfails)
+		printf("  ... and %zu more\n", r->nfailed - r->nfails);
+}
+
+static void
+bench_print_table(const struct bench *b)
+{
+	const struct jr_plugin *pl = loader_descriptor(b->job->plugin);
+	char advice[1024], c[9][32];
+	const char *mode, *workload;
+	double ratio;
+
+	printf("jobrund --bench %s: plugin %s %s, %zu task%s (%zu input%s x %ld), "
+	    "%ld CPU%s\n\n", b->job->name, pl->name, pl->version ? pl->version : "",
+	    b->ntasks, b->ntasks == 1 ? "" : "s", b->ninputs,
+	    b->ninputs == 1 ? "" : "s", b->repeat, b->ncpus, b->ncpus == 1 ? "" : "s");
+	printf("%-10s %7s %10s %10s %8s %8s %10s %10s %10s %13s %6s\n", "mode",
+	    "workers", "wall", "CPU", "CPU/wall", "speed-up", "tasks/s",
+	    "peak RSS", "start-up", "overhead/task", "failed");
+	for (int k = 0; k < BENCH_NKINDS; k++) {
+		const struct bench_run *r = &b->runs[k];
+		struct bench_derived d;
+
+		if (!r->ran) {
+			printf("%-10s %7d  (not run: interrupted)\n", r->name, r->workers);
+			continue;
+		}
+		bench_derive(b, r, &d);
+		snprintf(c[0], sizeof c[0], isnan(d.cpu_wall) ? "-" : "%.2f", d.cpu_wall);
+		snprintf(c[1], sizeof c[1], isnan(d.speedup) ? "-" : "%.2fx", d.speedup);
+		snprintf(c[2], sizeof c[2], isnan(d.tasks_s) ? "-" : "%.0f", d.tasks_s);
+		printf("%-10s %7d %10s %10s %8s %8s %10s %10s %10s %13s %6zu%s\n",
+		    r->name, r->workers, bench_fmt_time(r->wall, c[3], sizeof c[3]),
+		    bench_fmt_time(d.cpu, c[4], sizeof c[4]), c[0], c[1], c[2],
+		    bench_fmt_kib(d.peak, c[5], sizeof c[5]),
+		    bench_fmt_time(d.startup, c[6], sizeof c[6]),
+		    bench_fmt_time(d.overhead, c[7], sizeof c[7]), r->nfailed,
+		    r->complete ? "" : " (incomplete)");
+	}
+	printf("\n");
+	for (int k = 0; k < BENCH_NKINDS; k++)
+		if (b->runs[k].note[0] != '\0')
+			printf("note: %s\n", b->runs[k].note);
+	if (b->interrupted)
+		printf("note: interrupted by a signal: the figures are partial\n");
+	for (int k = 0; k < BENCH_NKINDS; k++)
+		bench_print_failures(b, &b->runs[k]);
+	bench_advise(b, advice, sizeof advice, &mode, &workload, &ratio);
+	printf("recommendation: %s\n\n", advice);
+	printf(
+"wall           from creating the pool (plugin init included) to the last result\n"
+"CPU            user+sys of jobrund and its workers (getrusage SELF + CHILDREN)\n"
+"CPU/wall       cores kept busy; sequential: ~1 CPU-bound, ~0 waiting on I/O\n"
+"speed-up       sequential wall / this wall\n"
+"peak RSS       jobrund's peak RSS (VmHWM%s) plus each worker's peak\n"
+"start-up       creating the pool to its first result, less that task's own time\n"
+"overhead/task  (wall x min(workers, tasks) - sum of task times) / tasks: worker\n"
+"               time per task spent outside the plugin (dispatch, results, start-up)\n",
+	    b->hwm_reset ? ", reset before each run" :
+	    ", since jobrund started: clear_refs unavailable");
+}
+
+static void
+bench_json_num(const char *key, double v, bool comma)
+{
+	if (isnan(v) || isinf(v))
+		printf("\"%s\":null%s", key, comma ? "," : "");
+	else
+		printf("\"%s\":%.9g%s", key, v, comma ? "," : "");
+}
+
+static void
+bench_json_kib(const char *key, long v, bool comma)
+{
+	if (v < 0)
+		printf("\"%s\":null%s", key, comma ? "," : "");
+	else
+		printf("\"%s\":%ld%s", key, v, comma ? "," : "");
+}
+
+static void
+bench_json_str(const char *key, const char *s, bool comma)
+{
+	printf("\"%s\":", key);
+	if (s == NULL)
+		printf("null");
+	else
+		json_write_string(stdout, s, strlen(s));
+	if (comma)
+		putchar(',');
+}
+
+static void
+bench_json_mem(const char *key, const struct bench_mem *m, bool comma)
+{
+	printf("\"%s\":{", key);
+	if (m->pid > 0)
+		printf("\"pid\":%d,", (int)m->pid);
+	bench_json_kib("peak_rss_kib", m->hwm, true);
+	bench_json_kib("rss_kib", m->rss, true);
+	bench_json_kib("uss_kib", m->uss, false);
+	printf("}%s", comma ? "," : "");
+}
+
+static void
+bench_print_json(const struct bench *b)
+{
+	const struct jr_plugin *pl = loader_descriptor(b->job->plugin);
+	char advice[1024];
+	const char *mode, *workload;
+	double ratio;
+	size_t failed = 0;
+
+	bench_advise(b, advice, sizeof advice, &mode, &workload, &ratio);
+	printf("{");
+	bench_json_str("job", b->job->name, true);
+	bench_json_str("plugin", pl->name, true);
+	bench_json_str("plugin_version", pl->version, true);
+	printf("\"thread_safe\":%s,", b->thread_safe ? "true" : "false");
+	printf("\"inputs\":%zu,\"repeat\":%ld,\"tasks\":%zu,\"workers\":%d,"
+	    "\"cpus\":%ld,", b->ninputs, b->repeat, b->ntasks, b->workers, b->ncpus);
+	printf("\"peaks_per_run\":%s,\"interrupted\":%s,\"runs\":[",
+	    b->hwm_reset ? "true" : "false", b->interrupted ? "true" : "false");
+	for (int k = 0; k < BENCH_NKINDS; k++) {
+		const struct bench_run *r = &b->runs[k];
+		struct bench_derived d;
+
+		bench_derive(b, r, &d);
+		failed += r->nfailed;
+		printf("%s{", k ? "," : "");
+		bench_json_str("mode", r->name, true);
+		printf("\"workers\":%d,\"ran\":%s,\"complete\":%s,", r->workers,
+		    r->ran ? "true" : "false", r->complete ? "true" : "false");
+		printf("\"tasks_done\":%zu,\"failed\":%zu,", r->ndone, r->nfailed);
+		bench_json_num("wall_s", r->ran ? r->wall : NAN, true);
+		bench_json_num("cpu_s", r->ran ? d.cpu : NAN, true);
+		bench_json_num("user_s", r->ran ? r->user : NAN, true);
+		bench_json_num("sys_s", r->ran ? r->sys : NAN, true);
+		bench_json_num("cpu_per_wall", d.cpu_wall, true);
+		bench_json_num("speedup", d.speedup, true);
+		bench_json_num("tasks_per_s", d.tasks_s, true);
+		bench_json_num("startup_s", d.startup, true);
+		bench_json_num("overhead_per_task_s", d.overhead, true);
+		bench_json_num("task_wall_sum_s", r->task_wall, true);
+		bench_json_kib("peak_rss_kib", r->ran ? d.peak : -1, true);
+		bench_json_kib("workers_peak_rss_kib", r->ran ? d.workers_peak : -1, true);
+		bench_json_mem("daemon", &r->self, true);
+		printf("\"worker_processes\":[");
+		for (size_t i = 0; i < r->nwk; i++) {
+			printf("%s", i ? "," : "");
+			bench_json_mem("w", &r->wk[i], false);
+		}
+		printf("],\"failures\":[");
+		for (size_t i = 0; i < r->nfails; i++) {
+			const struct bench_fail *f = &r->fails[i];
+			printf("%s{\"index\":%zu,", i ? "," : "", f->index);
+			bench_json_str("input", b->inputs[f->index], true);
+			bench_json_str("status", status_name(f->status), true);
+			bench_json_str("error", f->error, false);
+			printf("}");
+		}
+		printf("],");
+		bench_json_str("note", r->note[0] ? r->note : NULL, false);
+		printf("}");
+	}
+	printf("],\"failed\":%zu,\"recommendation\":{", failed);
+	bench_json_str("mode", mode, true);
+	bench_json_str("workload", workload, true);
+	bench_json_num("cpu_per_wall", ratio, true);
+	bench_json_str("text", advice, false);
+	printf("}}\n");
+}
+
+/* --- the command ------------------------------------------------------- */
+
+/* A whole decimal from MIN to MAX, or -1. */
+static long
+bench_number(const char *s, long min, long max)
+{
+	char *end;
+	long v;
+
+	if (s == NULL || *s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (*end != '\0' || errno != 0 || v < min || v > max)
+		return -1;
+	return v;
+}
+
+static void
+bench_free(struct bench *b)
+{
+	for (int k = 0; k < BENCH_NKINDS; k++) {
+		for (size_t i = 0; i < b->runs[k].nfails; i++)
+			free(b->runs[k].fails[i].error);
+		free(b->runs[k].wk);
+	}
+	free(b->inputs);
+	cfg_free(b->cfg);
+}
+
+int
+bench_main(const char *file, const char *jobname, const char *workers,
+    const char *repeat, bool json, bool log_stderr)
+{
+	static const char *const names[BENCH_NKINDS] = {
+		"sequential", "thread", "process"
+	};
+	struct bench b = { 0 };
+	struct errlist errs = { 0 };
+	struct run_hooks hooks = { 0 };
+	size_t failed = 0;
+	long n = 0;
+
+	log_init("jobrund", log_stderr, LOG_WARNING);
+	b.json = json;
+	b.progress = isatty(STDERR_FILENO) == 1;
+	b.ncpus = sysconf(_SC_NPROCESSORS_ONLN);
+	b.repeat = 1;
+	if (repeat != NULL &&
+	    (b.repeat = bench_number(repeat, 1, (long)BENCH_TASKS_MAX)) == -1) {
+		fprintf(stderr, "jobrund: --repeat %s: expected a number from 1 to %lu\n",
+		    repeat, BENCH_TASKS_MAX);
+		return 2;
+	}
+	if (workers != NULL &&
+	    (n = bench_number(workers, 1, BENCH_WORKERS_MAX)) == -1) {
+		fprintf(stderr, "jobrund: --workers %s: expected a number from 1 to %d\n",
+		    workers, BENCH_WORKERS_MAX);
+		return 2;
+	}
+
+	if ((b.cfg = cfg_load(file, &errs)) == NULL) {
+		for (size_t i = 0; i < errs.n; i++)
+			fprintf(stderr, "%s\n", errs.msgs[i]);
+		errlist_free(&errs);
+		return 1;
+	}
+	/* Per-task lines would flood the log: the table is the report. */
+	log_set_level(b.cfg->log_level < LOG_WARNING ? b.cfg->log_level : LOG_WARNING);
+	if ((b.job = cfg_find_job(b.cfg, jobname)) == NULL) {
+		fprintf(stderr, "jobrund: %s: no job named '%s'\n", b.cfg->file, jobname);
+		cfg_free(b.cfg);
+		return 2;
+	}
+	cfg_load_plugins(b.cfg, &errs);
+	if (b.job->plugin == NULL) {
+		/* Only this job's problems matter here. */
+		char *mine = xasprintf("job '%s'", b.job->name);
+		for (size_t i = 0; i < errs.n; i++)
+			if (strstr(errs.msgs[i], mine) != NULL)
+				fprintf(stderr, "%s\n", errs.msgs[i]);
+		free(mine);
+		errlist_free(&errs);
+		cfg_free(b.cfg);
+		return 1;
+	}
+	errlist_free(&errs);
+
+	b.workers = workers != NULL ? (int)n : b.job->workers;
+	b.thread_safe = (loader_descriptor(b.job->plugin)->flags &
+	    JR_PLUGIN_THREAD_SAFE) != 0;
+	b.ninputs = b.job->has_inputs ? b.job->ninputs : 1;
+	if (b.ninputs != 0 && (size_t)b.repeat > BENCH_TASKS_MAX / b.ninputs) {
+		fprintf(stderr, "jobrund: --repeat %ld: %zu inputs x %ld is more than "
+		    "%lu tasks\n", b.repeat, b.ninputs, b.repeat, BENCH_TASKS_MAX);
+		cfg_free(b.cfg);
+		return 2;
+	}
+	b.ntasks = b.ninputs * (size_t)b.repeat;
+	b.inputs = xcalloc(b.ntasks + 1, sizeof *b.inputs);
+	for (size_t i = 0; i < b.ntasks; i++)
+		b.inputs[i] = b.job->has_inputs ? b.job->inputs[i % b.ninputs] : NULL;
+
+	for (int k = 0; k < BENCH_NKINDS; k++) {
+		struct bench_run *r = &b.runs[k];
+
+		r->name = names[k];
+		r->def = *b.job;        /* shallow: the config owns the strings */
+		r->def.inputs = b.inputs;
+		r->def.ninputs = b.ntasks;
+		r->def.has_inputs = true;
+		r->def.mode = k == BENCH_PROCESS ? MODE_PROCESS : MODE_THREAD;
+		r->workers = k == BENCH_SEQ ? 1 : b.workers;
+		if (k == BENCH_THREAD && !b.thread_safe && b.workers > 1) {
+			r->workers = 1;
+			snprintf(r->note, sizeof r->note, "thread mode ran 1 worker, "
+			    "not %d: plugin %s is not thread-safe", b.workers,
+			    b.job->plugin_name);
+		}
+		r->def.workers = r->workers;
+	}
+
+	if (loop_init() == -1)
+		fatal("epoll_create1");
+	loop_signals(bench_on_signal, &b);
+	tpool_setup();
+	hooks.task_done = bench_task_done;
+	hooks.run_done = bench_run_done;
+	hooks.arg = &b;
+	run_set_hooks(&hooks);
+
+	bench_sequential(&b);
+	for (int k = BENCH_THREAD; k < BENCH_NKINDS && !b.interrupted; k++)
+		if (bench_pool(&b, &b.runs[k]) == -1)
+			b.interrupted = true;
+	if (b.progress)
+		fprintf(stderr, "\r\033[K");
+
+	if (b.json)
+		bench_print_json(&b);
+	else
+		bench_print_table(&b);
+	fflush(stdout);
+	for (int k = 0; k < BENCH_NKINDS; k++)
+		failed += b.runs[k].nfailed;
+	loop_timer_remove(b.drain);
+	loop_timer_remove(b.sampler);
+	loop_shutdown();
+	bench_free(&b);
+	return failed > 0 || b.interrupted ? 3 : 0;
+}
