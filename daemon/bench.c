@@ -22,8 +22,8 @@
  *   peak RSS      jobrund's VmHWM, reset through /proc/self/clear_refs
  *                 before the run, plus each worker's VmHWM, sampled while
  *                 it lives: an upper bound on the peak of the sum;
- *   start-up      creation of the pool to its first result, less that
- *                 task's own time: what a cold pool costs;
+ *   start-up      creation of the pool to the first task starting in a
+ *                 worker: what a cold pool costs;
  *   overhead      (wall x workers - sum of the tasks' own wall) / tasks,
  *                 with workers at most the number of tasks: worker time
  *                 per task not spent in the plugin (dispatch, results,
@@ -41,7 +41,7 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <math.h>
+#include <math.h>               /* isnan, NAN: macros, no libm */
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,11 +80,15 @@ struct bench_run {
 	int workers;
 	struct job_def def;             /* the job as this run runs it */
 	bool ran, complete;
-	double t0, t_first, t_end;      /* mono_now() */
+	double t0, t_end;               /* mono_now() */
+	double rt0, first_start;        /* CLOCK_REALTIME: t0, the first
+					   task's start (0: none yet) */
 	double user0, sys0;             /* rusage at t0 */
 	double wall, user, sys;
+	double measuring;               /* CPU the bench spent reading /proc */
+	double rq_wait;                 /* sequential: waiting for a CPU;
+					   -1 unknown */
 	double task_wall;               /* sum of the tasks' own wall */
-	double first_task_wall;
 	size_t ndone, nfailed;
 	struct bench_fail fails[BENCH_FAILS_KEPT];
 	size_t nfails;
@@ -112,6 +116,7 @@ struct bench {
 	bool json, progress;
 	bool interrupted;
 	long ncpus;
+	double loadavg;                 /* 1-minute, at the start */
 	struct bench_run runs[BENCH_NKINDS];
 	struct bench_run *cur;
 	struct jobrt *rt;
@@ -260,13 +265,40 @@ bench_children(pid_t *pids, size_t max)
 	return n;
 }
 
+/* How long this thread has waited on a run queue (for a CPU, not for
+ * I/O), from /proc/thread-self/schedstat; -1 if unknown. */
+static double
+bench_rq_wait(void)
+{
+	unsigned long long run, wait;
+	FILE *fp;
+	int n;
+
+	if ((fp = fopen("/proc/thread-self/schedstat", "re")) == NULL)
+		return -1;
+	n = fscanf(fp, "%llu %llu", &run, &wait);
+	fclose(fp);
+	return n == 2 ? (double)wait / 1e9 : -1;
+}
+
+static double
+bench_thread_cpu(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return ts_to_s(&ts);
+}
+
 /* Record every live worker's memory in the current run: its peak, and
- * its RSS and USS as last seen. */
+ * its RSS and USS as last seen.  The time this takes is not the job's:
+ * it is kept apart and left out of the run's CPU. */
 static void
 bench_sample(struct bench *b)
 {
 	static pid_t pids[BENCH_PIDS_MAX];
 	struct bench_run *r = b->cur;
+	double cpu0 = bench_thread_cpu();
 	size_t n = bench_children(pids, BENCH_PIDS_MAX);
 
 	for (size_t i = 0; i < n; i++) {
@@ -292,6 +324,7 @@ bench_sample(struct bench *b)
 		w->rss = m.rss;
 		w->uss = m.uss;
 	}
+	r->measuring += bench_thread_cpu() - cpu0;
 }
 
 static void
@@ -320,11 +353,15 @@ bench_progress(struct bench *b, bool force)
 static void
 bench_begin(struct bench *b, struct bench_run *r)
 {
+	struct timespec ts;
+
 	b->cur = r;
 	r->ran = true;
 	b->hwm_reset = bench_reset_hwm();
 	bench_rusage(&r->user0, &r->sys0);
 	bench_progress(b, true);
+	clock_gettime(CLOCK_REALTIME, &ts);
+	r->rt0 = ts_to_s(&ts);
 	r->t0 = mono_now();
 }
 
@@ -332,9 +369,13 @@ bench_begin(struct bench *b, struct bench_run *r)
 static void
 bench_last_result(struct bench *b, struct bench_run *r)
 {
+	double cpu0;
+
 	r->t_end = mono_now();
 	r->wall = r->t_end - r->t0;
+	cpu0 = bench_thread_cpu();
 	bench_read_mem(getpid(), &r->self);
+	r->measuring += bench_thread_cpu() - cpu0;
 	bench_sample(b);
 }
 
@@ -356,10 +397,12 @@ bench_end(struct bench *b, struct bench_run *r)
 static void
 bench_record(struct bench_run *r, size_t index, const struct task_result *tr)
 {
-	if (r->ndone++ == 0) {
-		r->t_first = mono_now();
-		r->first_task_wall = tr->wall_s;
-	}
+	double started = ts_to_s(&tr->started);
+
+	r->ndone++;
+	if (tr->started.tv_sec != 0 &&
+	    (r->first_start == 0 || started < r->first_start))
+		r->first_start = started;
 	r->task_wall += tr->wall_s;
 	if (tr->status == TASK_OK)
 		return;
@@ -401,9 +444,11 @@ bench_sequential(struct bench *b)
 	struct errlist errs = { 0 };
 	struct jr_job hj;
 	void *state = NULL;
+	double rq0, rq1;
 	int rc;
 
 	bench_begin(b, r);
+	rq0 = bench_rq_wait();
 	host_job_init(&hj, &r->def, b->cfg->file, &errs);
 	rc = host_plugin_init(pl, &hj, &state);
 	host_job_release(&hj);
@@ -433,6 +478,8 @@ bench_sequential(struct bench *b)
 		pl->fini(&host_table, state);
 	errlist_free(&errs);
 	bench_last_result(b, r);
+	rq1 = bench_rq_wait();
+	r->rq_wait = rq0 >= 0 && rq1 >= rq0 ? rq1 - rq0 : -1;
 	bench_end(b, r);
 }
 
@@ -518,12 +565,15 @@ bench_derive(const struct bench *b, const struct bench_run *r,
 	const struct bench_run *seq = &b->runs[BENCH_SEQ];
 	size_t used = (size_t)r->workers < r->ndone ? (size_t)r->workers : r->ndone;
 
-	d->cpu = r->user + r->sys;
+	d->cpu = r->user + r->sys - r->measuring;
+	if (d->cpu < 0)
+		d->cpu = 0;
 	d->cpu_wall = r->wall > 0 ? d->cpu / r->wall : NAN;
-	d->speedup = seq->complete && r->complete && r->wall > 0 ?
-	    seq->wall / r->wall : NAN;
-	d->tasks_s = r->wall > 0 ? (double)r->ndone / r->wall : NAN;
-	d->startup = r->ndone > 0 ? r->t_first - r->t0 - r->first_task_wall : NAN;
+	d->speedup = b->ntasks > 0 && seq->complete && r->complete &&
+	    r->wall > 0 ? seq->wall / r->wall : NAN;
+	d->tasks_s = r->ndone > 0 && r->wall > 0 ?
+	    (double)r->ndone / r->wall : NAN;
+	d->startup = r->first_start > 0 ? r->first_start - r->rt0 : NAN;
 	d->overhead = r->ndone > 0 ?
 	    (r->wall * (double)used - r->task_wall) / (double)r->ndone : NAN;
 	d->workers_peak = 0;
@@ -535,13 +585,15 @@ bench_derive(const struct bench *b, const struct bench_run *r,
 static const char *
 bench_fmt_time(double s, char *buf, size_t len)
 {
+	double mag = s < 0 ? -s : s;
+
 	if (isnan(s))
 		snprintf(buf, len, "-");
-	else if (fabs(s) >= 1)
+	else if (mag >= 1)
 		snprintf(buf, len, "%.3f s", s);
-	else if (fabs(s) >= 1e-3)
+	else if (mag >= 1e-3)
 		snprintf(buf, len, "%.2f ms", s * 1e3);
-	else if (fabs(s) >= 1e-6)
+	else if (mag >= 1e-6)
 		snprintf(buf, len, "%.2f us", s * 1e6);
 	else
 		snprintf(buf, len, "%.0f ns", s * 1e9);
@@ -569,14 +621,20 @@ bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
 	const struct bench_run *seq = &b->runs[BENCH_SEQ];
 	const struct bench_run *th = &b->runs[BENCH_THREAD];
 	const struct bench_run *pr = &b->runs[BENCH_PROCESS];
-	struct bench_derived dt, dp;
-	char t1[32], t2[32], t3[32], m1[32];
+	struct bench_derived ds, dt, dp;
+	char t1[32], t2[32], t3[32], m1[96];
 	const char *kind;
 	double mean, cost;
+	long uss;
 
 	*mode = "none";
 	*workload = "unknown";
-	*ratio = seq->wall > 0 ? (seq->user + seq->sys) / seq->wall : NAN;
+	bench_derive(b, seq, &ds);
+	/* Time spent waiting for a CPU is other processes' doing, not the
+	 * job's waiting: leave it out of the classification. */
+	*ratio = ds.cpu_wall;
+	if (seq->rq_wait > 0 && seq->wall - seq->rq_wait > 0)
+		*ratio = ds.cpu / (seq->wall - seq->rq_wait);
 	if (b->ntasks == 0) {
 		snprintf(buf, len, "nothing to measure: the job has no tasks");
 		return;
@@ -590,52 +648,90 @@ bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
 		kind = "CPU-bound";
 	} else if (*ratio <= 0.3) {
 		*workload = "waiting";
-		kind = "mostly waiting (I/O-bound)";
+		kind = "I/O-bound";
 	} else {
 		*workload = "mixed";
-		kind = "mixed CPU and waiting";
+		kind = "part CPU, part waiting";
 	}
 	bench_derive(b, th, &dt);
 	bench_derive(b, pr, &dp);
 	mean = seq->task_wall / (double)seq->ndone;
 	cost = th->wall > 0 ? pr->wall / th->wall - 1 : 0;
+	/* What the workers add: their private pages (USS), since the pages
+	 * they share with each other (libc, the plugin) are paid once. */
+	uss = 0;
+	for (size_t i = 0; i < pr->nwk; i++)
+		uss += pr->wk[i].uss > 0 ? pr->wk[i].uss : 0;
 	if (dp.peak >= 0 && dt.peak >= 0)
-		snprintf(m1, sizeof m1, "%+.1f MiB", (double)(dp.peak - dt.peak) / 1024);
+		snprintf(m1, sizeof m1, "%.1f MiB of private memory (%+.1f MiB RSS)",
+		    (double)uss / 1024, (double)(dp.peak - dt.peak) / 1024);
 	else
-		snprintf(m1, sizeof m1, "an unknown amount");
+		snprintf(m1, sizeof m1, "an unknown amount of memory");
 
-	if (!b->thread_safe && b->workers > 1) {
-		*mode = pr->wall < th->wall ? "process" : "thread";
-		snprintf(buf, len, "%s mode: %s (CPU/wall %.2f sequential); the "
-		    "plugin is not thread-safe, so only process mode runs it on %d "
-		    "workers (%.2fx over sequential, against %.2fx for one thread)",
-		    *mode, kind, *ratio, b->workers, dp.speedup, dt.speedup);
+	if (b->ntasks == 1) {
+		snprintf(buf, len, "none: one task cannot keep more than one "
+		    "worker busy; give the job more inputs, or --repeat N, to "
+		    "compare the modes");
+		return;
+	}
+	if (b->workers > 1 && dt.speedup < 1.1 && dp.speedup < 1.1 &&
+	    mean >= 2 * (dt.overhead < dp.overhead ? dt.overhead : dp.overhead)) {
+		/* Long enough tasks, and still no gain: no free core. */
+		*mode = "none";
+		snprintf(buf, len, "none: neither mode ran faster than sequential "
+		    "on %d workers (%.2fx, %.2fx) although each task takes %s: "
+		    "the CPUs were busy with other work (load average %.2f on "
+		    "%ld), or the plugin runs one task at a time; measure again "
+		    "on a quiet machine", b->workers, dt.speedup, dp.speedup,
+		    bench_fmt_time(mean, t1, sizeof t1), b->loadavg, b->ncpus);
 		return;
 	}
 	if (b->workers > 1 && dt.speedup < 1.1 && dp.speedup < 1.1) {
 		*mode = dp.speedup > dt.speedup ? "process" : "thread";
-		snprintf(buf, len, "%s mode, or bigger tasks: the tasks are too short "
-		    "(%s each) for %d workers to pay: each costs %s of overhead in "
-		    "thread mode and %s in process mode", *mode,
+		snprintf(buf, len, "%s mode%s, or bigger tasks: the tasks are too "
+		    "short (%s each) for %d workers to pay: each costs %s of "
+		    "overhead in thread mode and %s in process mode", *mode,
+		    !b->thread_safe && strcmp(*mode, "thread") == 0 ?
+		    " (one worker: the plugin is not thread-safe)" : "",
 		    bench_fmt_time(mean, t1, sizeof t1), b->workers,
 		    bench_fmt_time(dt.overhead, t2, sizeof t2),
 		    bench_fmt_time(dp.overhead, t3, sizeof t3));
 		return;
 	}
+	if (!b->thread_safe && b->workers > 1) {
+		*mode = pr->wall < th->wall ? "process" : "thread";
+		snprintf(buf, len, "%s mode: %s (CPU/wall %.2f sequential); the "
+		    "plugin is not thread-safe, so only process mode runs it on %d "
+		    "workers: %.2fx over sequential, against %.2fx for thread mode's "
+		    "one worker", *mode, kind, *ratio, b->workers, dp.speedup,
+		    dt.speedup);
+		return;
+	}
+	if (pr->wall < th->wall * 0.9) {
+		*mode = "process";
+		snprintf(buf, len, "process mode: %s (CPU/wall %.2f sequential) and "
+		    "process mode is %.2fx as fast as thread mode (%.2fx against "
+		    "%.2fx over sequential): the plugin's threads hold each other "
+		    "up (a lock, an interpreter's GIL, shared data), its processes "
+		    "do not; its isolation (a crash fails one task, a runaway task "
+		    "is killed) comes with it, for %s", kind, *ratio,
+		    th->wall / pr->wall, dp.speedup, dt.speedup, m1);
+		return;
+	}
 	if (pr->wall <= th->wall * 1.10) {
 		*mode = "process";
-		snprintf(buf, len, "process mode: %s (CPU/wall %.2f sequential), and "
+		snprintf(buf, len, "process mode: %s (CPU/wall %.2f sequential) and "
 		    "process mode keeps up with thread mode (%.2fx against %.2fx), so "
 		    "its isolation (a crash fails one task, a runaway task is killed) "
-		    "costs %+.0f%% wall and %s of memory here", kind, *ratio,
+		    "costs %+.0f%% wall and %s here", kind, *ratio,
 		    dp.speedup, dt.speedup, cost * 100, m1);
 		return;
 	}
 	*mode = "thread";
-	snprintf(buf, len, "thread mode: %s (CPU/wall %.2f sequential), and thread "
+	snprintf(buf, len, "thread mode: %s (CPU/wall %.2f sequential) and thread "
 	    "mode is %.2fx as fast as process mode (overhead %s against %s per "
-	    "task); process mode's isolation would cost %+.0f%% wall and %s of "
-	    "memory: worth it only for an untrusted, crashy or leaky plugin",
+	    "task); process mode's isolation would cost %+.0f%% wall and %s: "
+	    "worth it only for an untrusted, crashy or leaky plugin",
 	    kind, *ratio, pr->wall / th->wall,
 	    bench_fmt_time(dt.overhead, t1, sizeof t1),
 	    bench_fmt_time(dp.overhead, t2, sizeof t2), cost * 100, m1);
@@ -652,10 +748,13 @@ bench_print_failures(const struct bench *b, const struct bench_run *r)
 		const struct bench_fail *f = &r->fails[i];
 		const char *in = b->inputs[f->index];
 
-		printf("  task %zu (input %zu%s%s%s): %s%s%s\n", f->index,
-		    f->index % b->ninputs, in ? " \"" : "", in ? in : "",
-		    in ? "\"" : "", status_name(f->status),
-		    f->error ? ": " : "", f->error ? f->error : "");
+		if (b->job->has_inputs)
+			printf("  task %zu (input %zu \"%s\"): ", f->index,
+			    f->index % b->ninputs, in != NULL ? in : "");
+		else
+			printf("  task %zu (no input): ", f->index);
+		printf("%s%s%s\n", status_name(f->status), f->error ? ": " : "",
+		    f->error ? f->error : "");
 	}
 	if (r->nfailed > r->nfails)
 		printf("  ... and %zu more\n", r->nfailed - r->nfails);
@@ -669,10 +768,15 @@ bench_print_table(const struct bench *b)
 	const char *mode, *workload;
 	double ratio;
 
-	printf("jobrund --bench %s: plugin %s %s, %zu task%s (%zu input%s x %ld), "
-	    "%ld CPU%s\n\n", b->job->name, pl->name, pl->version ? pl->version : "",
-	    b->ntasks, b->ntasks == 1 ? "" : "s", b->ninputs,
-	    b->ninputs == 1 ? "" : "s", b->repeat, b->ncpus, b->ncpus == 1 ? "" : "s");
+	printf("jobrund --bench %s: plugin %s %s, %zu task%s (", b->job->name,
+	    pl->name, pl->version ? pl->version : "", b->ntasks,
+	    b->ntasks == 1 ? "" : "s");
+	if (b->job->has_inputs)
+		printf("%zu input%s", b->ninputs, b->ninputs == 1 ? "" : "s");
+	else
+		printf("no input");
+	printf(" x %ld), %ld CPU%s, load average %.2f\n\n", b->repeat,
+	    b->ncpus, b->ncpus == 1 ? "" : "s", b->loadavg);
 	printf("%-10s %7s %10s %10s %8s %8s %10s %10s %10s %13s %6s\n", "mode",
 	    "workers", "wall", "CPU", "CPU/wall", "speed-up", "tasks/s",
 	    "peak RSS", "start-up", "overhead/task", "failed");
@@ -702,6 +806,14 @@ bench_print_table(const struct bench *b)
 			printf("note: %s\n", b->runs[k].note);
 	if (b->interrupted)
 		printf("note: interrupted by a signal: the figures are partial\n");
+	if (b->loadavg > 0.5 * (double)b->ncpus)
+		printf("note: the machine was busy (load average %.2f on %ld "
+		    "CPU%s): other work skews the comparison\n", b->loadavg,
+		    b->ncpus, b->ncpus == 1 ? "" : "s");
+	if (b->runs[BENCH_SEQ].rq_wait > 0.1 * b->runs[BENCH_SEQ].wall)
+		printf("note: other load: the sequential run waited %s for a CPU; "
+		    "the advice leaves that out of its CPU/wall\n",
+		    bench_fmt_time(b->runs[BENCH_SEQ].rq_wait, c[0], sizeof c[0]));
 	for (int k = 0; k < BENCH_NKINDS; k++)
 		bench_print_failures(b, &b->runs[k]);
 	bench_advise(b, advice, sizeof advice, &mode, &workload, &ratio);
@@ -712,7 +824,7 @@ bench_print_table(const struct bench *b)
 "CPU/wall       cores kept busy; sequential: ~1 CPU-bound, ~0 waiting on I/O\n"
 "speed-up       sequential wall / this wall\n"
 "peak RSS       jobrund's peak RSS (VmHWM%s) plus each worker's peak\n"
-"start-up       creating the pool to its first result, less that task's own time\n"
+"start-up       creating the pool to the first task starting in a worker\n"
 "overhead/task  (wall x min(workers, tasks) - sum of task times) / tasks: worker\n"
 "               time per task spent outside the plugin (dispatch, results, start-up)\n",
 	    b->hwm_reset ? ", reset before each run" :
@@ -749,10 +861,13 @@ bench_json_str(const char *key, const char *s, bool comma)
 		putchar(',');
 }
 
+/* KEY NULL: an array element. */
 static void
 bench_json_mem(const char *key, const struct bench_mem *m, bool comma)
 {
-	printf("\"%s\":{", key);
+	if (key != NULL)
+		printf("\"%s\":", key);
+	printf("{");
 	if (m->pid > 0)
 		printf("\"pid\":%d,", (int)m->pid);
 	bench_json_kib("peak_rss_kib", m->hwm, true);
@@ -778,6 +893,7 @@ bench_print_json(const struct bench *b)
 	printf("\"thread_safe\":%s,", b->thread_safe ? "true" : "false");
 	printf("\"inputs\":%zu,\"repeat\":%ld,\"tasks\":%zu,\"workers\":%d,"
 	    "\"cpus\":%ld,", b->ninputs, b->repeat, b->ntasks, b->workers, b->ncpus);
+	bench_json_num("loadavg", b->loadavg, true);
 	printf("\"peaks_per_run\":%s,\"interrupted\":%s,\"runs\":[",
 	    b->hwm_reset ? "true" : "false", b->interrupted ? "true" : "false");
 	for (int k = 0; k < BENCH_NKINDS; k++) {
@@ -801,13 +917,14 @@ bench_print_json(const struct bench *b)
 		bench_json_num("startup_s", d.startup, true);
 		bench_json_num("overhead_per_task_s", d.overhead, true);
 		bench_json_num("task_wall_sum_s", r->task_wall, true);
+		bench_json_num("cpu_wait_s", r->rq_wait >= 0 ? r->rq_wait : NAN, true);
 		bench_json_kib("peak_rss_kib", r->ran ? d.peak : -1, true);
 		bench_json_kib("workers_peak_rss_kib", r->ran ? d.workers_peak : -1, true);
 		bench_json_mem("daemon", &r->self, true);
 		printf("\"worker_processes\":[");
 		for (size_t i = 0; i < r->nwk; i++) {
 			printf("%s", i ? "," : "");
-			bench_json_mem("w", &r->wk[i], false);
+			bench_json_mem(NULL, &r->wk[i], false);
 		}
 		printf("],\"failures\":[");
 		for (size_t i = 0; i < r->nfails; i++) {
@@ -877,6 +994,8 @@ bench_main(const char *file, const char *jobname, const char *workers,
 	b.json = json;
 	b.progress = isatty(STDERR_FILENO) == 1;
 	b.ncpus = sysconf(_SC_NPROCESSORS_ONLN);
+	if (getloadavg(&b.loadavg, 1) != 1)
+		b.loadavg = NAN;
 	b.repeat = 1;
 	if (repeat != NULL &&
 	    (b.repeat = bench_number(repeat, 1, (long)BENCH_TASKS_MAX)) == -1) {
@@ -937,11 +1056,14 @@ bench_main(const char *file, const char *jobname, const char *workers,
 		struct bench_run *r = &b.runs[k];
 
 		r->name = names[k];
+		r->rq_wait = -1;
 		r->def = *b.job;        /* shallow: the config owns the strings */
 		r->def.inputs = b.inputs;
 		r->def.ninputs = b.ntasks;
 		r->def.has_inputs = true;
 		r->def.mode = k == BENCH_PROCESS ? MODE_PROCESS : MODE_THREAD;
+		/* One attempt per task, as in the sequential run. */
+		r->def.retries = 0;
 		r->workers = k == BENCH_SEQ ? 1 : b.workers;
 		if (k == BENCH_THREAD && !b.thread_safe && b.workers > 1) {
 			r->workers = 1;

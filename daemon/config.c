@@ -75,6 +75,8 @@ struct cfg_ctx {
 	size_t novf;
 	bool ints_failed;
 	const config_setting_t **job_groups;    /* parallel to cfg->jobs */
+	char **zones;           /* time zones already found valid */
+	size_t nzones;
 };
 
 static void cfg_error(struct cfg_ctx *, const config_setting_t *,
@@ -1018,6 +1020,97 @@ job_retries(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
 }
 
 static void
+job_max_concurrent(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	long long v;
+
+	if (get_int(ctx, s, "max_concurrent_runs", 1, 1024, &v) == 0)
+		job->max_concurrent_runs = (int)v;
+}
+
+static void
+job_retry_delay(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	get_duration(ctx, s, "retry_delay", 86400, "1d", &job->retry_delay_s);
+}
+
+static void
+job_retry_max_delay(struct cfg_ctx *ctx, config_setting_t *s,
+		    struct job_def *job)
+{
+	get_duration(ctx, s, "retry_max_delay", 86400, "1d",
+		     &job->retry_max_delay_s);
+}
+
+/*
+ * A zone is valid when cron.c can read it: a name under the zoneinfo
+ * directory, an absolute path to a TZif file, or a POSIX TZ string.  Each
+ * distinct zone is checked once per load: ten thousand jobs in one zone
+ * read its file once.
+ */
+static void
+job_timezone(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	const char *v = get_string(ctx, s, "timezone");
+	struct cron_spec *any;
+	char err[128];
+	bool known = false;
+	time_t t;
+
+	if (v == NULL)
+		return;
+	for (size_t i = 0; i < ctx->nzones && !known; i++)
+		known = strcmp(ctx->zones[i], v) == 0;
+	if (!known) {
+		if (*v == '\0') {
+			cfg_error(ctx, s, "timezone: must not be empty (leave it "
+				  "out for local time)");
+			return;
+		}
+		if ((any = cron_parse("* * * * *", err, sizeof err)) == NULL)
+			fatalx("cron_parse: %s", err);
+		t = cron_next_fire(any, v, time(NULL));
+		cron_free(any);
+		if (t == (time_t)-1 && errno == EINVAL) {
+			cfg_error(ctx, s, "timezone: \"%s\" is not a time zone (a "
+				  "name such as \"Europe/Paris\" or \"UTC\", or a "
+				  "POSIX TZ string)", v);
+			return;
+		}
+		ctx->zones = xrealloc(ctx->zones,
+		    (ctx->nzones + 1) * sizeof *ctx->zones);
+		ctx->zones[ctx->nzones++] = xstrdup(v);
+	}
+	free(job->timezone);
+	job->timezone = xstrdup(v);
+}
+
+static void
+job_catchup(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	const char *v = get_string(ctx, s, "catchup");
+
+	if (v == NULL)
+		return;
+	if (strcmp(v, "none") == 0)
+		job->catchup = CATCHUP_NONE;
+	else if (strcmp(v, "once") == 0)
+		job->catchup = CATCHUP_ONCE;
+	else
+		cfg_error(ctx, s, "catchup: \"%s\" is not a policy (\"none\" or "
+			  "\"once\")", v);
+}
+
+static void
+job_history_keep(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	long long v;
+
+	if (get_int(ctx, s, "history_keep", 1, 1000000, &v) == 0)
+		job->history_keep = (int)v;
+}
+
+static void
 job_enabled(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
 {
 	get_bool(ctx, s, "enabled", &job->enabled);
@@ -1188,19 +1281,25 @@ job_rlimits(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
 	}
 }
 
+/*
+ * The _r lookups: the daemon reads a reloaded config in a thread of its
+ * own while the main thread may look up names too (the control socket's
+ * group).  16 KiB holds any sane passwd or group entry.
+ */
 static void
 job_user(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
 {
 	const char *v = get_string(ctx, s, "user");
-	struct passwd *pw;
+	struct passwd pwbuf, *pw = NULL;
+	char buf[16384];
+	int rc;
 
 	if (v == NULL)
 		return;
-	errno = 0;
-	pw = getpwnam(v);
+	rc = getpwnam_r(v, &pwbuf, buf, sizeof buf, &pw);
 	if (pw == NULL) {
 		cfg_error(ctx, s, "user: no user named '%s'%s%s", v,
-			  errno ? ": " : "", errno ? strerror(errno) : "");
+			  rc ? ": " : "", rc ? strerror(rc) : "");
 		return;
 	}
 	if (geteuid() != 0 && pw->pw_uid != geteuid()) {
@@ -1219,15 +1318,16 @@ static void
 job_group(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
 {
 	const char *v = get_string(ctx, s, "group");
-	struct group *gr;
+	struct group grbuf, *gr = NULL;
+	char buf[16384];
+	int rc;
 
 	if (v == NULL)
 		return;
-	errno = 0;
-	gr = getgrnam(v);
+	rc = getgrnam_r(v, &grbuf, buf, sizeof buf, &gr);
 	if (gr == NULL) {
 		cfg_error(ctx, s, "group: no group named '%s'%s%s", v,
-			  errno ? ": " : "", errno ? strerror(errno) : "");
+			  rc ? ": " : "", rc ? strerror(rc) : "");
 		return;
 	}
 	if (geteuid() != 0 && gr->gr_gid != getegid()) {
@@ -1326,6 +1426,36 @@ check_process_only(struct cfg_ctx *ctx, config_setting_t *g, struct job_def *job
 	}
 }
 
+/* Keys that only make sense with some other key's value: an error, like
+ * any key that would be silently ignored. */
+static void
+check_schedule_keys(struct cfg_ctx *ctx, config_setting_t *g,
+		    struct job_def *job)
+{
+	config_setting_t *s;
+
+	if (job->sched != SCHED_CRON) {
+		if ((s = config_setting_get_member(g, "timezone")) != NULL)
+			cfg_error(ctx, s, "timezone: applies to cron schedules only");
+		if ((s = config_setting_get_member(g, "catchup")) != NULL)
+			cfg_error(ctx, s, "catchup: applies to cron schedules only");
+	}
+	if (job->overlap != OVERLAP_ALLOW &&
+	    (s = config_setting_get_member(g, "max_concurrent_runs")) != NULL)
+		cfg_error(ctx, s, "max_concurrent_runs: applies to overlap = "
+			  "\"allow\" only (the other policies run one at a time)");
+	if (job->retry_max_delay_s < job->retry_delay_s) {
+		/* Without a cap of its own, a long delay is its own cap. */
+		s = config_setting_get_member(g, "retry_max_delay");
+		if (s == NULL)
+			job->retry_max_delay_s = job->retry_delay_s;
+		else
+			cfg_error(ctx, s, "retry_max_delay: %gs is less than "
+				  "retry_delay (%gs)", job->retry_max_delay_s,
+				  job->retry_delay_s);
+	}
+}
+
 static const struct job_key {
 	const char *name;
 	void (*fn)(struct cfg_ctx *, config_setting_t *, struct job_def *);
@@ -1339,7 +1469,13 @@ static const struct job_key {
 	{ "timeout", job_timeout },
 	{ "kill_grace", job_kill_grace },
 	{ "overlap", job_overlap },
+	{ "max_concurrent_runs", job_max_concurrent },
 	{ "retries", job_retries },
+	{ "retry_delay", job_retry_delay },
+	{ "retry_max_delay", job_retry_max_delay },
+	{ "timezone", job_timezone },
+	{ "catchup", job_catchup },
+	{ "history_keep", job_history_keep },
 	{ "enabled", job_enabled },
 	{ "settings", job_settings },
 	{ "max_tasks_per_worker", job_max_tasks },
@@ -1367,6 +1503,11 @@ job_parse(struct cfg_ctx *ctx, config_setting_t *g, size_t index,
 	job->schedule = xstrdup("@start");
 	job->kill_grace_s = 5;
 	job->overlap = OVERLAP_SKIP;
+	job->max_concurrent_runs = JR_MAX_CONCURRENT_RUNS;
+	job->retry_delay_s = JR_RETRY_DELAY;
+	job->retry_max_delay_s = JR_RETRY_MAX_DELAY;
+	job->catchup = CATCHUP_NONE;
+	job->history_keep = 0;          /* the top-level value: see cfg_load */
 	job->enabled = true;
 	job->output_limit = 64 * 1024;
 	for (int k = 0; k < JR_RLIMITS; k++)
@@ -1400,6 +1541,7 @@ job_parse(struct cfg_ctx *ctx, config_setting_t *g, size_t index,
 			job_keys[k].fn(ctx, s, job);
 	}
 	check_process_only(ctx, g, job);
+	check_schedule_keys(ctx, g, job);
 	for (size_t k = 0; k < sizeof required / sizeof required[0]; k++) {
 		if (config_setting_get_member(g, required[k]) == NULL)
 			cfg_error(ctx, g, "missing required key '%s'",
@@ -1416,6 +1558,7 @@ job_free(struct job_def *job)
 	free(job->plugin_name);
 	free(job->schedule);
 	cron_free(job->cron);
+	free(job->timezone);
 	for (size_t i = 0; i < job->ninputs; i++)
 		free(job->inputs[i]);
 	free(job->inputs);
@@ -1428,11 +1571,28 @@ job_free(struct job_def *job)
 	free(job->cwd);
 }
 
+/* FNV-1a: for the job-name table below. */
+static size_t
+name_hash(const char *name)
+{
+	uint64_t h = 14695981039346656037ULL;
+
+	for (; *name != '\0'; name++)
+		h = (h ^ (unsigned char)*name) * 1099511628211ULL;
+	return (size_t)h;
+}
+
+/*
+ * The jobs list.  Duplicate names are found through an open-addressing
+ * table of the names seen so far (indices into cfg->jobs, plus one; 0 is
+ * an empty slot): comparing every pair cost 80% of loading ten thousand
+ * jobs.
+ */
 static void
 top_jobs(struct cfg_ctx *ctx, config_setting_t *s)
 {
 	struct jr_config *cfg = ctx->cfg;
-	size_t n;
+	size_t n, mask, *seen;
 
 	if (config_setting_is_array(s) && config_setting_length(s) == 0)
 		return;         /* "jobs = [];": no jobs, said another way */
@@ -1446,9 +1606,14 @@ top_jobs(struct cfg_ctx *ctx, config_setting_t *s)
 		return;
 	cfg->jobs = xcalloc(n, sizeof *cfg->jobs);
 	ctx->job_groups = xcalloc(n, sizeof *ctx->job_groups);
+	for (mask = 16; mask < 2 * n; mask *= 2)
+		;
+	seen = xcalloc(mask, sizeof *seen);
+	mask--;
 	for (size_t i = 0; i < n; i++) {
 		config_setting_t *g = elem(s, i);
 		struct job_def *job = &cfg->jobs[cfg->njobs];
+		size_t h, k;
 
 		if (!config_setting_is_group(g)) {
 			cfg_error(ctx, g, "jobs[%zu]: expected a group { ... }, "
@@ -1459,19 +1624,21 @@ top_jobs(struct cfg_ctx *ctx, config_setting_t *s)
 		job_parse(ctx, g, i, job);
 		if (job->name == NULL)
 			continue;
-		for (size_t k = 0; k + 1 < cfg->njobs; k++) {
-			const config_setting_t *first = ctx->job_groups[k];
-
-			if (cfg->jobs[k].name == NULL ||
-			    strcmp(cfg->jobs[k].name, job->name) != 0)
-				continue;
-			cfg_error(ctx, g, "job '%s': duplicate name, first "
-				  "defined at %s:%u", job->name,
-				  setting_file(ctx, first),
-				  (unsigned)config_setting_source_line(first));
-			break;
+		for (h = name_hash(job->name) & mask; seen[h] != 0;
+		     h = (h + 1) & mask) {
+			if (strcmp(cfg->jobs[seen[h] - 1].name, job->name) == 0)
+				break;
 		}
+		if (seen[h] == 0) {
+			seen[h] = cfg->njobs;   /* this job's index, plus one */
+			continue;
+		}
+		k = seen[h] - 1;
+		cfg_error(ctx, g, "job '%s': duplicate name, first defined at "
+			  "%s:%u", job->name, setting_file(ctx, ctx->job_groups[k]),
+			  (unsigned)config_setting_source_line(ctx->job_groups[k]));
 	}
+	free(seen);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1540,6 +1707,15 @@ top_shutdown_grace(struct cfg_ctx *ctx, config_setting_t *s)
 		     &ctx->cfg->shutdown_grace);
 }
 
+static void
+top_history_keep(struct cfg_ctx *ctx, config_setting_t *s)
+{
+	long long v;
+
+	if (get_int(ctx, s, "history_keep", 1, 1000000, &v) == 0)
+		ctx->cfg->history_keep = (int)v;
+}
+
 static const struct top_key {
 	const char *name;
 	void (*fn)(struct cfg_ctx *, config_setting_t *);
@@ -1551,6 +1727,7 @@ static const struct top_key {
 	{ "control_readonly", top_control_readonly },
 	{ "log_level", top_log_level },
 	{ "shutdown_grace", top_shutdown_grace },
+	{ "history_keep", top_history_keep },
 	{ "jobs", top_jobs },
 };
 
@@ -1638,6 +1815,9 @@ ctx_free(struct cfg_ctx *ctx)
 	free(ctx->ovf);
 	free(ctx->job_groups);
 	free(ctx->dir);
+	for (size_t i = 0; i < ctx->nzones; i++)
+		free(ctx->zones[i]);
+	free(ctx->zones);
 }
 
 struct jr_config *
@@ -1657,6 +1837,7 @@ cfg_load(const char *file, struct errlist *errs)
 	cfg->state_dir = xstrdup(JR_STATE_DIR);
 	cfg->log_level = LOG_INFO;
 	cfg->shutdown_grace = 10;
+	cfg->history_keep = JR_HISTORY_KEEP;
 	/* The tree is read in place: its settings point back at it. */
 	config_init(&cfg->tree);
 
@@ -1700,6 +1881,10 @@ cfg_load(const char *file, struct errlist *errs)
 	}
 	if (errs->n > nerrs)
 		goto fail;
+	/* The top-level history_keep may come after the jobs. */
+	for (size_t i = 0; i < cfg->njobs; i++)
+		if (cfg->jobs[i].history_keep == 0)
+			cfg->jobs[i].history_keep = cfg->history_keep;
 	ctx_free(&ctx);
 	return cfg;
 

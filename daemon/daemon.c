@@ -1,34 +1,40 @@
 /*
- * daemon.c - jobrund as a long-running service: load the config, start
- * each enabled job's runtime, fire runs on their schedules, reload on
- * SIGHUP, stop cleanly on SIGTERM or SIGINT.
+ * daemon.c - jobrund as a long-running service: start-up, the loaded
+ * configs and their lifetimes, reload on SIGHUP, shutdown on SIGTERM or
+ * SIGINT, and the run hooks that tie runs to the schedule (sched.c) and
+ * to the run history (history.c).
  *
- * Schedules:
- *   @start          one run right after start-up (and after a reload that
- *                   adds or changes the job);
- *   @every D        runs D apart on CLOCK_MONOTONIC (first one D after
- *                   start), so wall-clock jumps do not move them;
- *   cron            the next time cron_next_fire gives, as an absolute
- *                   CLOCK_REALTIME timer (re-armed after a clock jump);
- *   @manual         never by itself.
- * When a firing finds the previous run still active, `overlap` decides:
- * skip it, queue one, replace the running one, or allow both.
+ * Reload.  SIGHUP (or `jobrunctl reload`) reads the file in a loader
+ * thread: parsing, validation and the plugins' own checks of their
+ * settings, which take tens of milliseconds for ten thousand jobs, never
+ * hold up the event loop.  A file with any error changes nothing (each
+ * error is logged as FILE:LINE); a good one is applied in the loop as a
+ * diff (sched_apply): unchanged jobs keep everything, added jobs start,
+ * removed ones drain, changed ones drain their running runs under the old
+ * definition and start new ones under the new.  SIGHUPs that arrive while
+ * the loader works make one more reload after it, never more: a storm of
+ * them coalesces.
  *
- * Reload is transactional: the new file is parsed and validated whole,
- * plugins included, before anything changes; a broken file changes
- * nothing.  A valid one replaces every job: running runs finish under the
- * definition they started with (their runtime is retired, not killed),
- * and the old config is freed when its last runtime is.
+ * Configs.  Each loaded config is a generation, freed when no runtime
+ * uses one of its jobs (an unchanged job's runtime keeps its old
+ * definition, so its config lives on), and when no stopped executor may
+ * still look at a definition (sup_pools_stopping, tpool_threads_alive).
+ * The newest generation is the configuration in force.
  *
  * Shutdown: no new runs; thread tasks are cancelled, process workers get
  * SIGTERM then SIGKILL after shutdown_grace; exit 0 once every worker is
- * reaped, or after shutdown_grace plus a second whatever is left.
+ * reaped, or after shutdown_grace plus a second whatever is left.  A
+ * second signal changes nothing.
  */
 #include "config.h"
+
+#include <sys/eventfd.h>
+#include <sys/epoll.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,15 +44,6 @@
 
 #include "jobrund.h"
 
-/* One job's place in the daemon: its runtime and its schedule. */
-struct djob {
-	struct jobrt *rt;
-	struct job_def *def;
-	struct loop_timer *timer;
-	bool pending;                   /* overlap = queue/replace: run next */
-	uint64_t skipped;
-};
-
 /* A loaded config and the runtimes still using it. */
 struct generation {
 	struct jr_config *cfg;
@@ -54,92 +51,40 @@ struct generation {
 	struct generation *next;
 };
 
+/* The loader thread's work: in while it runs, out when it is joined. */
+struct loader {
+	pthread_t thread;
+	const char *file;
+	struct jr_config *cfg;          /* NULL: refused, see errs */
+	struct errlist errs;
+	double took;                    /* seconds */
+};
+
+/* Someone waiting for a reload's outcome (daemon_reload_async). */
+struct reload_waiter {
+	void (*done)(bool ok, const struct errlist *errs, void *arg);
+	void *arg;
+	struct reload_waiter *next;
+};
+
 static struct {
 	const char *file;
+	char *state_dir;                /* the history's, fixed at start-up */
 	struct generation *gens;        /* newest first */
-	struct djob *jobs;
-	size_t njobs;
 	bool stopping;
-	struct loop_timer *stop_check, *stop_deadline;
+	struct loop_timer *stop_check, *stop_deadline, *gc_timer;
 	const char *pidfile;
-} d;
+	/* Reload. */
+	int loader_fd;                  /* eventfd: the loader is done */
+	bool loading, again;
+	struct loader ld;
+	struct reload_waiter *waiting;  /* for the load in progress */
+	struct reload_waiter *waiting_next;     /* for the next one */
+} d = { .loader_fd = -1 };
 
-static void schedule_next(struct djob *dj);
-
-static void
-fire(struct djob *dj)
-{
-	struct job_def *def = dj->def;
-
-	if (d.stopping)
-		return;
-	if (jobrt_active_runs(dj->rt) > 0) {
-		switch (def->overlap) {
-		case OVERLAP_SKIP:
-			dj->skipped++;
-			log_msg(LOG_NOTICE, "job %s: previous run still active: run skipped "
-				"(overlap = skip; %" PRIu64 " skipped so far)", def->name,
-				dj->skipped);
-			return;
-		case OVERLAP_QUEUE:
-			if (dj->pending)
-				log_msg(LOG_NOTICE, "job %s: a run is already queued: "
-					"this one is dropped", def->name);
-			dj->pending = true;
-			return;
-		case OVERLAP_REPLACE:
-			log_msg(LOG_NOTICE, "job %s: cancelling the active run to start "
-				"a new one (overlap = replace)", def->name);
-			dj->pending = true;
-			jobrt_cancel(dj->rt, false);
-			return;
-		case OVERLAP_ALLOW:
-			break;
-		}
-	}
-	run_start(dj->rt);
-}
-
-static void
-timer_fired(void *arg)
-{
-	struct djob *dj = arg;
-
-	if (dj->def->sched == SCHED_CRON || dj->def->sched == SCHED_START) {
-		loop_timer_remove(dj->timer);
-		dj->timer = NULL;
-	}
-	fire(dj);
-	if (dj->def->sched == SCHED_CRON)
-		schedule_next(dj);
-}
-
-static void
-schedule_next(struct djob *dj)
-{
-	struct job_def *def = dj->def;
-	time_t next;
-
-	switch (def->sched) {
-	case SCHED_START:
-		dj->timer = loop_timer_add(0, 0, timer_fired, dj);
-		break;
-	case SCHED_EVERY:
-		dj->timer = loop_timer_add(def->every_s, def->every_s, timer_fired, dj);
-		break;
-	case SCHED_CRON:
-		next = cron_next_fire(def->cron, NULL, time(NULL));
-		if (next == (time_t)-1) {
-			log_msg(LOG_WARNING, "job %s: schedule '%s' never fires",
-				def->name, def->schedule);
-			break;
-		}
-		dj->timer = loop_timer_at(next, timer_fired, dj);
-		break;
-	case SCHED_MANUAL:
-		break;
-	}
-}
+/* ------------------------------------------------------------------ */
+/* Generations                                                         */
+/* ------------------------------------------------------------------ */
 
 static struct generation *
 gen_of(const struct jr_config *cfg)
@@ -150,78 +95,98 @@ gen_of(const struct jr_config *cfg)
 	return NULL;
 }
 
-/* A retired runtime is gone: free its config when nothing uses it. */
+/* Free the old generations nothing uses any more. */
+static void
+gen_collect(void *arg)
+{
+	struct generation **pp = &d.gens, *g;
+	bool waiting = false;
+
+	(void)arg;
+	loop_timer_remove(d.gc_timer);
+	d.gc_timer = NULL;
+	if (d.gens == NULL)
+		return;
+	for (pp = &d.gens->next; (g = *pp) != NULL; ) {
+		if (g->nruntimes > 0) {
+			pp = &g->next;
+			continue;
+		}
+		/* Stopped worker pools and dying thread pools still read
+		 * their job's definition (and the plugin's code). */
+		if (sup_pools_stopping() > 0 || tpool_threads_alive() > 0) {
+			waiting = true;
+			break;
+		}
+		*pp = g->next;
+		log_debug("an old configuration of %s freed", g->cfg->file);
+		cfg_free(g->cfg);
+		free(g);
+	}
+	if (waiting)
+		d.gc_timer = loop_timer_add(0.1, 0, gen_collect, NULL);
+}
+
+static void
+gen_collect_soon(void)
+{
+	if (d.gc_timer == NULL)
+		d.gc_timer = loop_timer_add(0, 0, gen_collect, NULL);
+}
+
+/* sched.c made a runtime from a job of CFG. */
+static void
+runtime_made(const struct jr_config *cfg)
+{
+	struct generation *g = gen_of(cfg);
+
+	if (g != NULL)
+		g->nruntimes++;
+}
+
+/* A retired runtime is gone: its config may be unused now. */
 static void
 runtime_freed(const struct jr_config *cfg, void *arg)
 {
-	struct generation *g = gen_of(cfg), **pp;
+	struct generation *g = gen_of(cfg);
 
 	(void)arg;
 	if (g == NULL || --g->nruntimes > 0 || g == d.gens)
 		return;
-	for (pp = &d.gens; *pp != g; pp = &(*pp)->next)
-		;
-	*pp = g->next;
-	log_debug("config generation of %s freed", g->cfg->file);
-	cfg_free(g->cfg);
-	free(g);
+	gen_collect_soon();
+}
+
+/* ------------------------------------------------------------------ */
+/* Run hooks                                                           */
+/* ------------------------------------------------------------------ */
+
+static void
+run_begun(struct jobrt *rt, const struct run_info *ri, void *arg)
+{
+	(void)arg;
+	sched_run_begun(rt, ri);
+	history_run_begun(ri);
 }
 
 static void
-run_ended(struct jobrt *rt, uint64_t id, size_t ntasks, size_t nfailed,
-	  double wall, void *arg)
+run_ended(struct jobrt *rt, const struct run_info *ri, void *arg)
+{
+	(void)arg;
+	sched_run_ended(rt, ri);
+	history_run_ended(ri, jobrt_def(rt)->history_keep);
+}
+
+static void
+run_done(struct jobrt *rt, uint64_t id, size_t ntasks, size_t nfailed,
+	 double wall, void *arg)
 {
 	(void)id; (void)ntasks; (void)nfailed; (void)wall; (void)arg;
-	for (size_t i = 0; i < d.njobs; i++) {
-		struct djob *dj = &d.jobs[i];
-		if (dj->rt == rt && dj->pending && !d.stopping) {
-			dj->pending = false;
-			run_start(rt);
-		}
-	}
+	sched_run_done(rt);
 }
 
-/* Start runtimes and schedules for every usable job of the newest config. */
-static void
-start_jobs(void)
-{
-	struct generation *g = d.gens;
-	struct jr_config *cfg = g->cfg;
-	size_t n = 0;
-
-	d.jobs = xcalloc(cfg->njobs + 1, sizeof *d.jobs);
-	for (size_t i = 0; i < cfg->njobs; i++) {
-		struct job_def *def = &cfg->jobs[i];
-		struct djob *dj;
-
-		if (!def->enabled) {
-			log_info("job %s: disabled", def->name);
-			continue;
-		}
-		if (def->plugin == NULL)
-			continue;       /* its error was logged at load */
-		dj = &d.jobs[n++];
-		dj->def = def;
-		dj->rt = jobrt_new(def, cfg);
-		g->nruntimes++;
-		schedule_next(dj);
-	}
-	d.njobs = n;
-	log_msg(LOG_NOTICE, "%zu job%s active from %s", n, n == 1 ? "" : "s", cfg->file);
-}
-
-static void
-stop_jobs(bool now)
-{
-	for (size_t i = 0; i < d.njobs; i++) {
-		loop_timer_remove(d.jobs[i].timer);
-		d.jobs[i].timer = NULL;
-		jobrt_retire(d.jobs[i].rt, now);
-	}
-	free(d.jobs);
-	d.jobs = NULL;
-	d.njobs = 0;
-}
+/* ------------------------------------------------------------------ */
+/* Reload                                                              */
+/* ------------------------------------------------------------------ */
 
 static void
 log_errors(const struct errlist *errs, bool to_stderr)
@@ -233,51 +198,177 @@ log_errors(const struct errlist *errs, bool to_stderr)
 	}
 }
 
-static void
-reload(void)
+/* Read and validate FILE, plugins included: the whole config, or NULL
+ * with every error in ERRS.  Any thread. */
+static struct jr_config *
+load_config(const char *file, struct errlist *errs)
 {
-	struct errlist errs = { 0 };
-	struct jr_config *cfg;
-	struct generation *g;
+	struct jr_config *cfg = cfg_load(file, errs);
 
-	log_msg(LOG_NOTICE, "SIGHUP: reloading %s", d.file);
-	cfg = cfg_load(d.file, &errs);
-	if (cfg != NULL && cfg_load_plugins(cfg, &errs) == -1) {
+	if (cfg != NULL && cfg_load_plugins(cfg, errs) == -1) {
 		cfg_free(cfg);
 		cfg = NULL;
 	}
-	if (cfg == NULL) {
-		log_errors(&errs, false);
-		log_msg(LOG_ERR, "reload of %s failed (%zu error%s): keeping the running "
-			"configuration", d.file, errs.n, errs.n == 1 ? "" : "s");
-		errlist_free(&errs);
-		return;
+	return cfg;
+}
+
+static void
+call_waiters(struct reload_waiter *w, bool ok, const struct errlist *errs)
+{
+	while (w != NULL) {
+		struct reload_waiter *next = w->next;
+
+		w->done(ok, errs, w->arg);
+		free(w);
+		w = next;
 	}
-	errlist_free(&errs);
-	stop_jobs(false);
-	g = xcalloc(1, sizeof *g);
+}
+
+/* Make CFG, read and valid, the configuration in force. */
+static void
+apply(struct jr_config *cfg, double load_s, bool threaded)
+{
+	struct generation *g = xcalloc(1, sizeof *g);
+	struct sched_diff diff;
+	double t0 = mono_now();
+
 	g->cfg = cfg;
 	g->next = d.gens;
 	d.gens = g;
 	log_set_level(cfg->log_level);
-	start_jobs();
-	/* The previous generation may already be unused. */
-	if (g->next && g->next->nruntimes == 0) {
-		struct generation *old = g->next;
-		g->next = old->next;
-		cfg_free(old->cfg);
-		free(old);
-	}
-	log_msg(LOG_NOTICE, "reloaded %s", d.file);
+	if (d.state_dir && strcmp(d.state_dir, cfg->state_dir) != 0)
+		log_msg(LOG_WARNING, "state_dir changed to %s: the history stays in %s "
+			"until jobrund restarts", cfg->state_dir, d.state_dir);
+	sched_apply(cfg, false, &diff);
+	gen_collect_soon();
+	log_msg(LOG_NOTICE, "reloaded %s: %zu job%s: %zu added, %zu changed, %zu "
+		"removed, %zu unchanged (read in %.1f ms%s, applied in %.1f ms)",
+		d.file, diff.added + diff.changed + diff.unchanged,
+		diff.added + diff.changed + diff.unchanged == 1 ? "" : "s",
+		diff.added, diff.changed, diff.removed, diff.unchanged, load_s * 1000,
+		threaded ? " off the event loop" : "", (mono_now() - t0) * 1000);
 }
+
+/* A load is over: apply it or say why not. */
+static void
+reload_finish(struct jr_config *cfg, const struct errlist *errs, double load_s,
+	      bool threaded)
+{
+	if (cfg == NULL) {
+		log_errors(errs, false);
+		log_msg(LOG_ERR, "reload of %s failed (%zu error%s): keeping the running "
+			"configuration", d.file, errs->n, errs->n == 1 ? "" : "s");
+	} else if (d.stopping) {
+		cfg_free(cfg);
+	} else {
+		apply(cfg, load_s, threaded);
+	}
+	notify_ready();
+}
+
+static void *
+loader_main(void *arg)
+{
+	struct loader *ld = arg;
+	double t0 = mono_now();
+	uint64_t one = 1;
+
+	ld->cfg = load_config(ld->file, &ld->errs);
+	ld->took = mono_now() - t0;
+	(void)!write(d.loader_fd, &one, sizeof one);
+	return NULL;
+}
+
+static void
+loader_start(void)
+{
+	int rc;
+
+	memset(&d.ld, 0, sizeof d.ld);
+	d.ld.file = d.file;
+	d.loading = true;
+	d.waiting = d.waiting_next;
+	d.waiting_next = NULL;
+	notify_reloading();
+	/* Threads inherit the main thread's mask: no signal reaches it. */
+	rc = pthread_create(&d.ld.thread, NULL, loader_main, &d.ld);
+	if (rc != 0) {
+		/* No thread: read it here, holding up the loop this once. */
+		log_msg(LOG_WARNING, "reload: cannot start a thread (%s): reading %s "
+			"in the event loop", strerror(rc), d.file);
+		d.loading = false;
+		d.ld.cfg = load_config(d.file, &d.ld.errs);
+		reload_finish(d.ld.cfg, &d.ld.errs, 0, false);
+		call_waiters(d.waiting, d.ld.cfg != NULL, &d.ld.errs);
+		d.waiting = NULL;
+		errlist_free(&d.ld.errs);
+	}
+}
+
+/* The loader is done (or must be waited for): join it and apply. */
+static void
+loader_join(void)
+{
+	struct jr_config *cfg;
+	uint64_t n;
+	bool ok;
+
+	if (!d.loading)
+		return;
+	pthread_join(d.ld.thread, NULL);
+	(void)!read(d.loader_fd, &n, sizeof n);
+	d.loading = false;
+	cfg = d.ld.cfg;
+	ok = cfg != NULL && !d.stopping;
+	reload_finish(cfg, &d.ld.errs, d.ld.took, true);
+	call_waiters(d.waiting, ok, &d.ld.errs);
+	d.waiting = NULL;
+	errlist_free(&d.ld.errs);
+	if (d.again && !d.stopping) {
+		d.again = false;
+		loader_start();
+	}
+}
+
+static void
+loader_ready(int fd, uint32_t events, void *arg)
+{
+	(void)fd; (void)events; (void)arg;
+	loader_join();
+}
+
+/* Reload when the loader is free: now, or after the load in progress
+ * (whose file may predate the request). */
+static void
+reload_request(const char *why)
+{
+	if (d.stopping)
+		return;
+	log_msg(LOG_NOTICE, "%s: reloading %s", why, d.file);
+	if (d.loading) {
+		d.again = true;
+		return;
+	}
+	loader_start();
+}
+
+/* ------------------------------------------------------------------ */
+/* Shutdown                                                            */
+/* ------------------------------------------------------------------ */
 
 static void
 stop_check(void *arg)
 {
 	(void)arg;
-	if (jobrt_count() == 0 && sup_live_workers() == 0 && sup_pools_stopping() == 0 &&
-	    tpool_threads_alive() == 0)
-		loop_break();
+	if (jobrt_count() != 0 || sup_live_workers() != 0 ||
+	    sup_pools_stopping() != 0 || tpool_threads_alive() != 0)
+		return;
+	/* The workers are gone: what they left behind goes too. */
+	if (reaper_adopted() > 0) {
+		reaper_kill_all();
+		return;
+	}
+	loop_break();
 }
 
 static void
@@ -296,8 +387,7 @@ on_signal(int signo, void *arg)
 {
 	(void)arg;
 	if (signo == SIGHUP) {
-		if (!d.stopping)
-			reload();
+		reload_request("SIGHUP");
 		return;
 	}
 	if (d.stopping) {
@@ -305,14 +395,29 @@ on_signal(int signo, void *arg)
 		return;
 	}
 	d.stopping = true;
+	notify_stopping();
 	log_msg(LOG_NOTICE, "SIG%s: stopping", sigabbrev_np(signo));
-	stop_jobs(true);
+	call_waiters(d.waiting_next, false, NULL);
+	d.waiting_next = NULL;
+	sched_stop();
 	d.stop_check = loop_timer_add(0, 0.02, stop_check, NULL);
 	/* Workers get SIGKILL at shutdown_grace; a second more is for
 	 * reaping them and for threads that ignore cancellation. */
 	d.stop_deadline = loop_timer_add(d.gens->cfg->shutdown_grace + 1.0, 0,
 					 stop_deadline, NULL);
 }
+
+/* What systemctl status shows (notify.c's STATUS= line). */
+static void
+status_counts(struct notify_counts *c)
+{
+	sched_counts(&c->jobs, &c->runs, &c->threads);
+	c->processes = (size_t)sup_live_workers();
+}
+
+/* ------------------------------------------------------------------ */
+/* Start-up                                                            */
+/* ------------------------------------------------------------------ */
 
 static int
 write_pidfile(const char *path)
@@ -375,9 +480,12 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 	struct errlist errs = { 0 };
 	struct jr_config *cfg;
 	struct run_hooks hooks = { 0 };
+	struct sched_diff diff;
 	static char *abs_file, *abs_pidfile;
+	int n;
 
 	log_init("jobrund", log_stderr, LOG_INFO);
+	notify_init(status_counts);
 	file = abs_file = absolute(file);
 	if (pidfile)
 		pidfile = abs_pidfile = absolute(pidfile);
@@ -399,12 +507,20 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 	}
 	errlist_free(&errs);
 
+	/* The control socket before any job: a live one means another
+	 * jobrund runs here, a start-up error. */
+	if (ctl_init(cfg) == -1) {
+		cfg_free(cfg);
+		return 1;
+	}
+
 	/* Fork before any thread exists. */
 	if (daemonize)
 		detach();
 	if (pidfile) {
 		if (write_pidfile(pidfile) == -1) {
 			log_warn("cannot write pidfile %s", pidfile);
+			ctl_shutdown();
 			cfg_free(cfg);
 			return 1;
 		}
@@ -414,21 +530,49 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 	if (loop_init() == -1)
 		fatal("epoll_create1");
 	loop_signals(on_signal, NULL);
+	reaper_init();
 	tpool_setup();
-	hooks.run_done = run_ended;
+	d.loader_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (d.loader_fd == -1)
+		fatal("eventfd");
+	loop_add(d.loader_fd, EPOLLIN, loader_ready, NULL);
+	hooks.run_begun = run_begun;
+	hooks.run_ended = run_ended;
+	hooks.run_done = run_done;
 	hooks.rt_freed = runtime_freed;
 	run_set_hooks(&hooks);
 
+	/* The history after the fork and the signal mask: it has a thread. */
+	d.state_dir = xstrdup(cfg->state_dir);
+	if (history_open(cfg->state_dir) == 0)
+		history_abandon();
+
 	d.gens = xcalloc(1, sizeof *d.gens);
 	d.gens->cfg = cfg;
+	sched_init(runtime_made);
 	log_msg(LOG_NOTICE, "jobrund %s started (pid %ld)", PACKAGE_VERSION, (long)getpid());
-	start_jobs();
+	ctl_start();
+	sched_apply(cfg, true, &diff);
+	n = (int)diff.added;
+	log_msg(LOG_NOTICE, "%d job%s active from %s", n, n == 1 ? "" : "s", cfg->file);
+	notify_ready();
 
 	if (loop_run() == -1)
 		return 1;
+	ctl_shutdown();
 
+	/* A load in progress: wait for it, and drop what it read. */
+	if (d.loading) {
+		pthread_join(d.ld.thread, NULL);
+		cfg_free(d.ld.cfg);
+		errlist_free(&d.ld.errs);
+		call_waiters(d.waiting, false, NULL);
+		d.loading = false;
+	}
 	loop_timer_remove(d.stop_check);
 	loop_timer_remove(d.stop_deadline);
+	loop_timer_remove(d.gc_timer);
+	sched_free();
 	while (d.gens) {
 		struct generation *g = d.gens;
 		d.gens = g->next;
@@ -438,11 +582,112 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 			cfg_free(g->cfg);
 		free(g);
 	}
+	history_close();
+	free(d.state_dir);
+	close(d.loader_fd);
 	if (d.pidfile)
 		unlink(d.pidfile);
+	notify_fini();
 	loop_shutdown();
 	free(abs_file);
 	free(abs_pidfile);
 	log_msg(LOG_NOTICE, "stopped");
 	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* For the control socket (ctl.c): small accessors, nothing else.      */
+/* ------------------------------------------------------------------ */
+
+const struct jr_config *
+daemon_config(void)
+{
+	return d.gens ? d.gens->cfg : NULL;
+}
+
+struct jobrt *
+daemon_find_job(const char *name)
+{
+	struct sched_job *sj = sched_find(name);
+
+	return sj ? sched_runtime(sj) : NULL;
+}
+
+double
+daemon_next_fire(const char *name)
+{
+	struct sched_job *sj = sched_find(name);
+	struct sched_info si;
+
+	if (sj == NULL || d.stopping)
+		return -1;
+	sched_info(sj, &si);
+	return si.next_fire;
+}
+
+int
+daemon_run_job(const char *name, const struct run_observer *obs, uint64_t *run_id,
+	       char *err, size_t errlen)
+{
+	struct sched_job *sj = sched_find(name);
+
+	if (d.stopping) {
+		snprintf(err, errlen, "jobrund is stopping: no new runs");
+		return -1;
+	}
+	if (sj == NULL) {
+		snprintf(err, errlen, "job %s is not active", name);
+		return -1;
+	}
+	return sched_run(sj, "manual", obs, run_id, err, errlen) == -1 ? -1 : 0;
+}
+
+int
+daemon_cancel_job(const char *name)
+{
+	struct sched_job *sj = sched_find(name);
+
+	if (sj == NULL) {
+		errno = ENOENT;
+		return -1;
+	}
+	return sched_cancel(sj, false);
+}
+
+int
+daemon_reload_from_ctl(struct errlist *errs)
+{
+	struct jr_config *cfg;
+	double t0;
+
+	if (d.stopping) {
+		errlist_add(errs, "jobrund is stopping");
+		return -1;
+	}
+	/* A load in progress may predate the request: finish it first. */
+	loader_join();
+	log_msg(LOG_NOTICE, "control: reloading %s", d.file);
+	notify_reloading();
+	t0 = mono_now();
+	cfg = load_config(d.file, errs);
+	reload_finish(cfg, errs, mono_now() - t0, false);
+	return cfg == NULL ? -1 : 0;
+}
+
+void
+daemon_reload_async(void (*done)(bool ok, const struct errlist *errs, void *arg),
+		    void *arg)
+{
+	struct reload_waiter *w;
+
+	if (d.stopping) {
+		done(false, NULL, arg);
+		return;
+	}
+	w = xcalloc(1, sizeof *w);
+	w->done = done;
+	w->arg = arg;
+	w->next = d.waiting_next;
+	d.waiting_next = w;
+	reload_request("control");
 }

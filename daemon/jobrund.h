@@ -37,6 +37,15 @@ enum sched_kind { SCHED_START, SCHED_EVERY, SCHED_CRON, SCHED_MANUAL };
 
 enum overlap_policy { OVERLAP_SKIP, OVERLAP_QUEUE, OVERLAP_REPLACE, OVERLAP_ALLOW };
 
+/* Cron runs missed while jobrund was down: forget them, or run once. */
+enum catchup_policy { CATCHUP_NONE, CATCHUP_ONCE };
+
+/* Defaults of the scheduling and history keys (jobrund.conf(5)). */
+#define JR_MAX_CONCURRENT_RUNS  4       /* overlap = "allow" */
+#define JR_RETRY_DELAY          1.0     /* seconds, doubled per retry... */
+#define JR_RETRY_MAX_DELAY      60.0    /* ...up to this */
+#define JR_HISTORY_KEEP         100     /* runs kept per job */
+
 /* Resource limits a process-mode job may set (`rlimits = { ... }`). */
 enum { JR_RLIMIT_AS, JR_RLIMIT_CPU, JR_RLIMIT_NOFILE, JR_RLIMIT_NPROC,
        JR_RLIMIT_CORE, JR_RLIMITS };
@@ -61,7 +70,13 @@ struct job_def {
 	double timeout_s;               /* 0: none */
 	double kill_grace_s;
 	enum overlap_policy overlap;
-	int retries;
+	int max_concurrent_runs;        /* overlap = allow: runs at once */
+	int retries;                    /* per task, for failed/timeout/crashed */
+	double retry_delay_s;           /* before the first retry, doubled... */
+	double retry_max_delay_s;       /* ...up to this */
+	char *timezone;                 /* cron: NULL = local time */
+	enum catchup_policy catchup;    /* cron */
+	int history_keep;               /* runs kept; the top-level default */
 	bool enabled;
 	int line;                       /* line of the job's group */
 	/* Process mode: worker limits and identity. */
@@ -91,6 +106,7 @@ struct jr_config {
 	bool control_readonly;          /* every local user may read */
 	int log_level;                  /* LOG_ERR..LOG_DEBUG */
 	double shutdown_grace;
+	int history_keep;               /* runs kept per job, by default */
 	struct job_def *jobs;
 	size_t njobs;
 	config_t tree;                  /* keeps settings groups alive */
@@ -113,6 +129,7 @@ struct task_result {
 	const char *job;                /* not owned: the job's name */
 	uint64_t run;
 	size_t index;
+	int attempt;                    /* 1-based: 2 and up after retries */
 	const char *input;              /* not owned; NULL: no input */
 	enum task_status status;
 	char *output;                   /* owned; NUL-terminated */
@@ -137,6 +154,8 @@ struct task_result {
 /* ------------------------------------------------------------------ */
 void log_init(const char *ident, bool to_stderr, int level);
 void log_set_level(int level);
+/* HOOK sees every line logged (any thread); set it before threads start. */
+void log_set_hook(void (*hook)(int priority, const char *line));
 int log_get_level(void);
 bool log_get_stderr(void);
 bool log_enabled(int priority);
@@ -396,6 +415,14 @@ struct loop_timer *loop_timer_add(double after_s, double interval_s,
 /* A one-shot timer at an absolute CLOCK_REALTIME time (cron). */
 struct loop_timer *loop_timer_at(time_t when, loop_timer_cb cb, void *arg);
 void loop_timer_remove(struct loop_timer *t);
+/* Seconds until T next fires; -1 when it will not (or T is NULL). */
+double loop_timer_remaining(const struct loop_timer *t);
+/* A CLOCK_MONOTONIC timer created disarmed, to be armed (and re-armed,
+ * and disarmed) with loop_timer_set: for code that must not need a new
+ * descriptor when it arms a timer (running out of them, say).  AFTER_S <
+ * 0 disarms. */
+struct loop_timer *loop_timer_new(loop_timer_cb cb, void *arg);
+void loop_timer_set(struct loop_timer *t, double after_s, double interval_s);
 /* Block SIGINT, SIGTERM, SIGHUP (and ignore SIGPIPE) in the calling
  * thread, which threads created later inherit, and deliver them to CB
  * through a signalfd.  Call before starting any thread. */
@@ -418,12 +445,31 @@ struct task {
 	struct task_result result;
 	int cancel;                     /* atomic: set by the main thread */
 	bool done;
+	int attempt;                    /* 1-based; see run.c on retries */
+	struct loop_timer *retry_timer; /* waiting to be tried again */
 	struct task *next;              /* executor queues */
 	void *exec_priv;                /* executor's own (the worker serving it) */
 };
 
+/* A run as the daemon records it (history.c).  TASKS (ntasks of them, in
+ * index order) and the end fields are set for run_ended only. */
+struct run_info {
+	const char *job;
+	uint64_t id;
+	const char *trigger;            /* "schedule", "start", "manual", ... */
+	struct timespec started, ended; /* CLOCK_REALTIME */
+	double wall_s;
+	size_t ntasks, nok, nfailed;    /* nfailed: every status but ok */
+	bool cancelled;                 /* jobrt_cancel reached it */
+	const struct task *tasks;
+};
+
 /* What the front end (--once or the daemon) hears about. */
 struct run_hooks {
+	/* A run began (before any task is submitted) / is over (before
+	 * run_done; the run still counts in jobrt_active_runs). */
+	void (*run_begun)(struct jobrt *rt, const struct run_info *ri, void *arg);
+	void (*run_ended)(struct jobrt *rt, const struct run_info *ri, void *arg);
 	void (*task_done)(const struct task_result *r, void *arg);
 	void (*run_done)(struct jobrt *rt, uint64_t run_id, size_t ntasks,
 			 size_t nfailed, double wall_s, void *arg);
@@ -433,17 +479,54 @@ struct run_hooks {
 };
 void run_set_hooks(const struct run_hooks *hooks);
 
+/* Observers: besides the front end's one set of hooks, any number of
+ * parties may hear about runs (the control socket's clients, ...).  One
+ * added with run_observe hears about every run, one given to
+ * run_start_observed about that run alone.  Called in the main thread,
+ * after the hooks; RT is valid during the call.  run_started comes from
+ * inside run_start, before any task is submitted. */
+struct run_observer {
+	void (*run_started)(struct jobrt *rt, uint64_t run_id, size_t ntasks, void *arg);
+	void (*task_done)(struct jobrt *rt, const struct task_result *r, void *arg);
+	void (*run_done)(struct jobrt *rt, uint64_t run_id, size_t ntasks,
+			 size_t nfailed, double wall_s, void *arg);
+	void *arg;
+};
+/* OBS is not copied: it must stay valid until run_unobserve. */
+void run_observe(const struct run_observer *obs);
+void run_unobserve(const struct run_observer *obs);
+
 /* A job's runtime: its executor and runs.  DEF must outlive it. */
 struct jobrt *jobrt_new(struct job_def *def, const struct jr_config *cfg);
 /* Cancel its runs, stop its executor; freed once its runs have ended
  * (immediately when idle).  NOW (shutdown): process workers get SIGTERM
  * at once and SIGKILL after shutdown_grace, instead of a polite cancel. */
 void jobrt_retire(struct jobrt *rt, bool now);
+/* Retire without cancelling (reload): no new runs; the running ones go
+ * on, retries included, and the runtime is freed after the last. */
+void jobrt_drain(struct jobrt *rt);
+bool jobrt_retired(const struct jobrt *rt);
+/* Run numbers: the next run is LAST + 1. */
+void jobrt_set_last_run_id(struct jobrt *rt, uint64_t last);
+uint64_t jobrt_last_run_id(const struct jobrt *rt);
+/* A pointer for the front end (the daemon's schedule entry). */
+void jobrt_set_owner(struct jobrt *rt, void *owner);
+void *jobrt_owner(const struct jobrt *rt);
 struct job_def *jobrt_def(const struct jobrt *rt);
 int jobrt_active_runs(const struct jobrt *rt);
 const struct jr_config *jobrt_config(const struct jobrt *rt);
 /* Start a run of the job's tasks; returns its number. */
 uint64_t run_start(struct jobrt *rt);
+/* The same, with OBS (copied; may be NULL) told about this run alone. */
+uint64_t run_start_observed(struct jobrt *rt, const struct run_observer *obs);
+/* Both, saying why the run starts (TRIGGER: a static string kept in the
+ * history; run_start and run_start_observed say "manual"). */
+uint64_t run_start_ex(struct jobrt *rt, const char *trigger,
+		      const struct run_observer *obs);
+/* The job's executor: its thread pool (NULL in process mode or when its
+ * plugin's init failed) or its worker pool (NULL in thread mode). */
+struct tpool *jobrt_tpool(const struct jobrt *rt);
+struct sup_pool *jobrt_sup(const struct jobrt *rt);
 /* Cancel every run of the job (queued tasks end `cancelled`); NOW as
  * for jobrt_retire. */
 void jobrt_cancel(struct jobrt *rt, bool now);
@@ -468,6 +551,17 @@ void tpool_cancel(struct tpool *tp, struct task *task);
 void tpool_free(struct tpool *tp);
 /* Threads of stopped pools still inside a plugin (for shutdown). */
 int tpool_threads_alive(void);
+/* What a pool's threads are doing, one call of CB per thread. */
+struct tpool_thread_info {
+	pid_t tid;                      /* 0 until the thread has started */
+	bool busy;
+	uint64_t run;                   /* busy: the task's run and index */
+	size_t index;
+	uint64_t done;                  /* tasks finished */
+};
+void tpool_foreach_thread(struct tpool *tp,
+			  void (*cb)(const struct tpool_thread_info *ti, void *arg),
+			  void *arg);
 
 /* ------------------------------------------------------------------ */
 /* sup.c - the process executor (supervised jobrund-worker processes)  */
@@ -486,13 +580,237 @@ void sup_free(struct sup_pool *sp, double grace_s);
  * 0 when the process executor has nothing left (for shutdown). */
 int sup_live_workers(void);
 int sup_pools_stopping(void);
+/* A run of the pool's job ended: kill what idle workers' tasks left
+ * running and replace those workers. */
+void sup_run_ended(struct sup_pool *sp);
+/* Is PID one of our workers; is the worker with tag number SEQ alive? */
+bool sup_is_worker(pid_t pid);
+bool sup_worker_seq_alive(unsigned long seq);
 const char *sup_worker_path(void);
+/* What a pool's workers are doing, one call of CB per worker. */
+struct sup_worker_info {
+	pid_t pid;
+	const char *state;              /* "starting", "idle", "busy" */
+	bool stopping;                  /* retired, on its way out */
+	bool busy;                      /* running the task below */
+	uint64_t run;
+	size_t index;
+	int tasks_done;
+};
+void sup_foreach_worker(struct sup_pool *sp,
+			void (*cb)(const struct sup_worker_info *wi, void *arg),
+			void *arg);
+/* Send SIG to every worker's process group, calling CB (may be NULL) with
+ * each worker's pid; returns how many.  A busy worker that dies of it
+ * ends its task `killed`. */
+int sup_kill(struct sup_pool *sp, int sig, void (*cb)(pid_t pid, void *arg), void *arg);
+
+/* ------------------------------------------------------------------ */
+/* reaper.c - processes that escaped their worker                       */
+/* ------------------------------------------------------------------ */
+/* Become a child subreaper and watch SIGCHLD; in the main thread, before
+ * any other thread starts. */
+void reaper_init(void);
+/* Reap adopted processes that exited; kill those whose worker is gone. */
+void reaper_scan(void);
+/* Kill JOB's adopted processes (its last run ended). */
+void reaper_kill_job(const char *job);
+/* Kill every adopted process (exit). */
+void reaper_kill_all(void);
+/* Adopted processes (not workers) still children of ours. */
+int reaper_adopted(void);
+
+/* ------------------------------------------------------------------ */
+/* history.c - the run history (SQLite, STATE_DIR/history.db)          */
+/* ------------------------------------------------------------------ */
+/*
+ * Everything here is for the main thread.  Without a database (it could
+ * not be opened: logged), writes do nothing and queries fail with ENODEV.
+ */
+enum run_status { RUN_RUNNING, RUN_OK, RUN_FAILED, RUN_CANCELLED, RUN_ABANDONED };
+const char *run_status_name(enum run_status st);
+int run_status_from_name(const char *name);     /* -1 if unknown */
+/* A run's status from how it ended: ok when every task was, else
+ * cancelled when jobrt_cancel reached it, else failed. */
+enum run_status run_info_status(const struct run_info *ri);
+
+/* One run as history_list reports it.  Strings are valid during the
+ * callback only. */
+struct history_run {
+	const char *job;
+	uint64_t run;
+	const char *trigger;            /* "schedule", "start", "catchup", "manual"... */
+	enum run_status status;
+	double started, ended;          /* Unix seconds; ended 0 while running */
+	size_t ntasks, nok, nfailed;    /* nok/nfailed 0 while running */
+};
+
+/* Open (creating them: directories mode 0750) STATE_DIR/history.db; 0,
+ * or -1 (logged: jobrund then runs without history).  After any fork. */
+int history_open(const char *state_dir);
+void history_close(void);
+bool history_available(void);
+/* Start-up: mark the runs left `running` by a previous jobrund
+ * `abandoned` (logged); how many. */
+int history_abandon(void);
+/* The highest run number of JOB on record; 0 when none. */
+uint64_t history_last_run_id(const char *job);
+/* The last cron time JOB handled: 0 and *WHEN, or -1 (ENOENT). */
+int history_last_fire(const char *job, time_t *when);
+void history_set_last_fire(const char *job, time_t when);
+/* Record a run's start (status running) / its end with its tasks, keeping
+ * the KEEP newest ended runs of its job (0: all), in one transaction. */
+void history_run_begun(const struct run_info *ri);
+void history_run_ended(const struct run_info *ri, int keep);
+/* Group the writes in between into one transaction (they nest). */
+void history_batch_begin(void);
+void history_batch_end(void);
+/* Write latency so far (every write transaction). */
+void history_stats(uint64_t *nwrites, double *mean_ms, double *max_ms);
+
+/*
+ * Queries, for the control socket.  history_list calls CB for each of
+ * JOB's LIMIT newest runs (JOB NULL: every job's, by start time; LIMIT 0:
+ * all), newest first, and returns how many, or -1 (errno ENODEV: no
+ * history; EIO: a database error, logged).  history_tasks calls CB for
+ * each task of run RUN of JOB, in index order, with the stored result
+ * (the fields of the result JSON; strings valid during the callback),
+ * and returns how many (0 for a run that is still running or was
+ * abandoned: tasks are written when a run ends), or -1 (errno ENOENT: no
+ * such run; ENODEV, EIO as above).
+ */
+int history_list(const char *job, int limit,
+		 void (*cb)(const struct history_run *hr, void *arg), void *arg);
+int history_tasks(const char *job, uint64_t run,
+		  void (*cb)(const struct task_result *r, void *arg), void *arg);
+
+/* ------------------------------------------------------------------ */
+/* sched.c - schedules, overlap, catch-up, the reload diff              */
+/* ------------------------------------------------------------------ */
+struct sched_job;
+struct sched_diff {
+	size_t added, changed, removed, unchanged;
+};
+/* What sched_info reports about a job. */
+struct sched_info {
+	int active_runs;                /* its older definitions' included */
+	bool pending;                   /* a queued run waits */
+	uint64_t skipped;               /* firings skipped by overlap */
+	uint64_t last_run_id;
+	time_t last_fire;               /* cron: last time handled; else 0 */
+	double next_fire;               /* CLOCK_REALTIME seconds; -1: none */
+};
+/* RT_MADE is told of each runtime made, with its config (daemon.c keeps
+ * configs alive while runtimes use them). */
+void sched_init(void (*rt_made)(const struct jr_config *cfg));
+/* Make CFG's enabled jobs with a loaded plugin the active ones: see
+ * sched.c for the diff.  STARTUP: the first, with catch-up. */
+void sched_apply(struct jr_config *cfg, bool startup, struct sched_diff *diff);
+/* Shutdown: no timers, no new runs; every run cancelled (NOW), every
+ * runtime retired. */
+void sched_stop(void);
+void sched_free(void);
+/* The run hooks, forwarded by daemon.c. */
+void sched_run_begun(struct jobrt *rt, const struct run_info *ri);
+void sched_run_ended(struct jobrt *rt, const struct run_info *ri);
+void sched_run_done(struct jobrt *rt);
+/* The active job NAME; NULL when there is none. */
+struct sched_job *sched_find(const char *name);
+/* The job a runtime belongs to; NULL for a removed job's last runs. */
+struct sched_job *sched_owner(const struct jobrt *rt);
+/* Its runtime (made now if not yet; NULL only when stopping). */
+struct jobrt *sched_runtime(struct sched_job *sj);
+const struct job_def *sched_def(const struct sched_job *sj);
+void sched_info(const struct sched_job *sj, struct sched_info *si);
+/* Start a run now as the overlap policy allows (TRIGGER: static, e.g.
+ * "manual"): 0 and *RUN_ID when it started; 1 and the number it will
+ * have when it waits for the active runs to be cancelled (replace); -1
+ * with a reason in ERR (errno EBUSY: refused by skip, queue or
+ * max_concurrent_runs; ESHUTDOWN: stopping).  OBS (copied) hears about
+ * that run; if a waiting run never starts, OBS->run_done is called with
+ * RT NULL and RUN_ID 0. */
+int sched_run(struct sched_job *sj, const char *trigger, const struct run_observer *obs,
+	      uint64_t *run_id, char *err, size_t errlen);
+/* Cancel every active run of the job (older definitions' included) and
+ * drop a queued one; how many runs were active. */
+int sched_cancel(struct sched_job *sj, bool now);
+/* For STATUS lines: active jobs, active runs, thread-mode workers. */
+void sched_counts(size_t *jobs, size_t *runs, size_t *threads);
 
 /* ------------------------------------------------------------------ */
 /* once.c, daemon.c - the two ways of running jobs                      */
 /* ------------------------------------------------------------------ */
 int once_main(const char *file, char **names, int nnames, bool log_stderr);
 int daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stderr);
+
+/* daemon.c - small accessors for the control socket (ctl.c). */
+/* The newest configuration (jobs, control_* keys); NULL before start-up. */
+const struct jr_config *daemon_config(void);
+/* The runtime of the active job NAME; NULL when it is not active
+ * (unknown, disabled, or its plugin did not load). */
+struct jobrt *daemon_find_job(const char *name);
+/* When job NAME next fires by its schedule (CLOCK_REALTIME seconds); -1
+ * when it will not by itself. */
+double daemon_next_fire(const char *name);
+/* Start a run of job NAME now, telling OBS (may be NULL) about it, as its
+ * overlap policy allows: a job whose run is still active is refused with
+ * skip and queue, has that run cancelled with replace, runs alongside
+ * with allow.  0 and *RUN_ID, or -1 with a reason in ERR. */
+int daemon_run_job(const char *name, const struct run_observer *obs, uint64_t *run_id,
+		   char *err, size_t errlen);
+/* Cancel every active run of job NAME (those of its older definitions,
+ * still draining after a reload, included) and drop a queued run: how
+ * many runs were active, or -1 (ENOENT) when NAME is not active. */
+int daemon_cancel_job(const char *name);
+/* Reload the config as SIGHUP does, reading it in the event loop (which
+ * waits meanwhile: prefer daemon_reload_async); -1 with every error
+ * (FILE:LINE: message) added to ERRS when it is refused. */
+int daemon_reload_from_ctl(struct errlist *errs);
+/* Reload as SIGHUP does, the file read off the event loop; DONE is called
+ * once it is over: OK, or not with the errors in ERRS (NULL when jobrund
+ * stopped first).  Requests during a load make one more load after it. */
+void daemon_reload_async(void (*done)(bool ok, const struct errlist *errs, void *arg),
+			 void *arg);
+
+/* ------------------------------------------------------------------ */
+/* ctl.c - the control socket, jobrunctl's other end                    */
+/* ------------------------------------------------------------------ */
+/* The control protocol (line-delimited JSON, described in ctl.c): bump
+ * the version when the messages change. */
+#define CTL_PROTO_VERSION 1
+#define CTL_MAX_REQUEST (64 * 1024)     /* bytes in one request line */
+/* Create the socket at CFG's control_socket, with its directory, group
+ * and mode.  A live socket (another jobrund) is an error; a stale one is
+ * replaced.  Reports its errors itself (log and stderr).  Before any
+ * thread starts. */
+int ctl_init(const struct jr_config *cfg);
+/* Serve it in the loop: after loop_init, before the first job starts. */
+void ctl_start(void);
+/* Close every connection and remove the socket. */
+void ctl_shutdown(void);
+
+/* ------------------------------------------------------------------ */
+/* notify.c - sd_notify: READY, RELOADING, STOPPING, STATUS, WATCHDOG  */
+/* ------------------------------------------------------------------ */
+/* What STATUS= counts; filled in by the daemon's counter function. */
+struct notify_counts {
+	size_t jobs, runs, processes, threads;
+};
+/* Read NOTIFY_SOCKET (nothing is ever sent without it) and start keeping
+ * the last error logged.  Early in start-up, before any thread exists.
+ * COUNTER fills in the STATUS= counts, in the main thread. */
+void notify_init(void (*counter)(struct notify_counts *));
+/* READY=1 with STATUS=: start-up complete, or a reload (applied or
+ * refused) over.  The first call also starts the watchdog pings
+ * (WATCHDOG_USEC) and STATUS= updates: call it from the main thread once
+ * the event loop exists. */
+void notify_ready(void);
+/* RELOADING=1 and MONOTONIC_USEC=: a reload begins. */
+void notify_reloading(void);
+/* STOPPING=1: shutdown begins. */
+void notify_stopping(void);
+/* Stop the timers; before loop_shutdown. */
+void notify_fini(void);
 
 /* ------------------------------------------------------------------ */
 /* bench.c - jobrund --bench: a job sequentially, in threads, in processes */

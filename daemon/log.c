@@ -6,7 +6,8 @@
  * log_warn adds strerror(errno), log_warnx does not; fatal/fatalx log and
  * exit(1).  Lines below the configured level are dropped before they are
  * formatted.  Safe to call from any thread: syslog(3) and one fprintf per
- * line are both thread-safe.
+ * line are both thread-safe.  A hook (log_set_hook, set once before threads
+ * start) sees every line logged, from whatever thread logged it.
  */
 #include "config.h"
 
@@ -22,6 +23,7 @@
 static bool log_to_stderr;
 static int log_level = LOG_INFO;
 static const char *log_ident = "jobrund";
+static void (*log_hook)(int priority, const char *line);
 
 static const char *const level_names[] = {
 	[LOG_EMERG] = "emerg", [LOG_ALERT] = "alert", [LOG_CRIT] = "crit",
@@ -36,6 +38,12 @@ log_init(const char *ident, bool to_stderr, int level)
 	log_to_stderr = to_stderr;
 	log_level = level;
 	openlog(ident, LOG_PID | LOG_NDELAY, LOG_DAEMON);
+}
+
+void
+log_set_hook(void (*hook)(int priority, const char *line))
+{
+	log_hook = hook;
 }
 
 void
@@ -91,6 +99,8 @@ log_vmsg(int priority, const char *fmt, va_list ap)
 		return;
 	vsnprintf(line, sizeof line, fmt, ap);
 	syslog(priority, "%s", line);
+	if (log_hook != NULL)
+		log_hook(priority, line);
 	if (log_to_stderr) {
 		struct timespec ts;
 		struct tm tm;

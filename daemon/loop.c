@@ -189,6 +189,40 @@ loop_timer_at(time_t when, loop_timer_cb cb, void *arg)
 	return t;
 }
 
+struct loop_timer *
+loop_timer_new(loop_timer_cb cb, void *arg)
+{
+	return timer_new(CLOCK_MONOTONIC, cb, arg);
+}
+
+void
+loop_timer_set(struct loop_timer *t, double after_s, double interval_s)
+{
+	struct itimerspec its = { 0 };
+
+	if (after_s >= 0) {
+		its.it_value = to_timespec(after_s);
+		if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+			its.it_value.tv_nsec = 1;
+		its.it_interval = to_timespec(interval_s);
+	}
+	t->periodic = after_s >= 0 && interval_s > 0;
+	if (timerfd_settime(t->fd, 0, &its, NULL) == -1)
+		fatal("timerfd_settime");
+}
+
+double
+loop_timer_remaining(const struct loop_timer *t)
+{
+	struct itimerspec its;
+
+	if (t == NULL || timerfd_gettime(t->fd, &its) == -1)
+		return -1;
+	if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+		return -1;              /* disarmed: a one-shot that fired */
+	return ts_to_s(&its.it_value);
+}
+
 void
 loop_timer_remove(struct loop_timer *t)
 {

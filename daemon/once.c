@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
+#include <unistd.h>
 
 #include "jobrund.h"
 
@@ -25,7 +26,8 @@ struct once_state {
 	size_t tasks_failed;
 	bool interrupted;
 	bool draining;          /* runs done: waiting for workers to exit */
-	struct loop_timer *check;
+	struct loop_timer *check, *deadline;
+	double grace;           /* the config's shutdown_grace */
 };
 
 static void
@@ -41,9 +43,25 @@ static void
 drain_check(void *arg)
 {
 	(void)arg;
-	if (sup_live_workers() == 0 && sup_pools_stopping() == 0 &&
-	    tpool_threads_alive() == 0)
-		loop_break();
+	if (sup_live_workers() != 0 || sup_pools_stopping() != 0 ||
+	    tpool_threads_alive() != 0)
+		return;
+	/* The workers are gone: what they left behind goes too. */
+	if (reaper_adopted() > 0) {
+		reaper_kill_all();
+		return;
+	}
+	loop_break();
+}
+
+static void
+drain_deadline(void *arg)
+{
+	(void)arg;
+	log_msg(LOG_WARNING, "%d thread%s still inside a plugin after "
+		"shutdown_grace: exiting anyway", tpool_threads_alive(),
+		tpool_threads_alive() == 1 ? "" : "s");
+	loop_break();
 }
 
 static void
@@ -71,6 +89,8 @@ run_ended(struct jobrt *rt, uint64_t id, size_t ntasks, size_t nfailed,
 	st->draining = true;
 	retire_all(st, false);
 	st->check = loop_timer_add(0, 0.01, drain_check, st);
+	/* A thread stuck in a plugin never ends: do not wait for ever. */
+	st->deadline = loop_timer_add(st->grace + 1.0, 0, drain_deadline, st);
 }
 
 static void
@@ -101,6 +121,7 @@ once_main(const char *file, char **names, int nnames, bool log_stderr)
 	struct job_def **selected;
 	size_t nsel = 0;
 	bool broken = false;
+	int rc;
 
 	log_init("jobrund", log_stderr, LOG_INFO);
 	cfg = cfg_load(file, &errs);
@@ -151,12 +172,14 @@ once_main(const char *file, char **names, int nnames, bool log_stderr)
 	if (loop_init() == -1)
 		fatal("epoll_create1");
 	loop_signals(on_signal, &st);
+	reaper_init();
 	tpool_setup();
 	hooks.task_done = print_result;
 	hooks.run_done = run_ended;
 	hooks.arg = &st;
 	run_set_hooks(&hooks);
 
+	st.grace = cfg->shutdown_grace;
 	st.rts = xcalloc(nsel + 1, sizeof *st.rts);
 	st.nrts = nsel;
 	st.runs_left = nsel;
@@ -168,9 +191,17 @@ once_main(const char *file, char **names, int nnames, bool log_stderr)
 		return 1;
 
 	loop_timer_remove(st.check);
+	loop_timer_remove(st.deadline);
+	rc = st.tasks_failed > 0 || st.interrupted ? 3 : 0;
+	if (tpool_threads_alive() > 0) {
+		/* A thread is still running plugin code: unloading the plugin
+		 * under it would crash.  Leave as we are. */
+		fflush(stdout);
+		_exit(rc);
+	}
 	free(st.rts);
 	free(selected);
 	cfg_free(cfg);
 	loop_shutdown();
-	return st.tasks_failed > 0 || st.interrupted ? 3 : 0;
+	return rc;
 }

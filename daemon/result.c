@@ -134,7 +134,8 @@ result_write_json(FILE *fp, const struct task_result *r)
 
 	fputs("{\"job\":", fp);
 	write_cstr(fp, r->job);
-	fprintf(fp, ",\"run\":%" PRIu64 ",\"index\":%zu,\"input\":", r->run, r->index);
+	fprintf(fp, ",\"run\":%" PRIu64 ",\"index\":%zu,\"attempt\":%d,\"input\":",
+		r->run, r->index, r->attempt > 0 ? r->attempt : 1);
 	if (r->input)
 		write_cstr(fp, r->input);
 	else
@@ -174,18 +175,22 @@ result_summary(const struct task_result *r)
 	char *out, *s;
 	size_t olen = r->output ? strlen(r->output) : 0;
 	const int max = 200;    /* keep log lines readable */
+	char attempt[32];
+
+	snprintf(attempt, sizeof attempt, ", attempt %d", r->attempt);
 
 	out = xasprintf("%.*s%s", olen > (size_t)max ? max : (int)olen,
 			r->output ? r->output : "", olen > (size_t)max ? "..." : "");
 	for (char *p = out; *p; p++)
 		if (*p == '\n' || *p == '\r')
 			*p = ' ';
-	s = xasprintf("job %s run %" PRIu64 " task %zu%s%s: %s%s%s%s%s (%s, pid %ld, %.3fs)",
+	s = xasprintf("job %s run %" PRIu64 " task %zu%s%s: %s%s%s%s%s (%s, pid %ld, %.3fs%s)",
 		      r->job, r->run, r->index, r->input ? " input=" : "",
 		      r->input ? r->input : "", status_name(r->status),
 		      *out ? " output=" : "", out,
 		      r->error ? " error=" : "", r->error ? r->error : "",
-		      mode_name(r->mode), (long)r->pid, r->wall_s);
+		      mode_name(r->mode), (long)r->pid, r->wall_s,
+		      r->attempt > 1 ? attempt : "");
 	free(out);
 	return s;
 }

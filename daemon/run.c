@@ -10,12 +10,27 @@
  * A runtime (struct jobrt) lives as long as its job definition is in use;
  * it is "retired" when the job goes away (shutdown, reload) and freed
  * only when its last run has ended, so a running run always finishes
- * under the definition it started with.  Everything here runs in the main
- * thread.
+ * under the definition it started with.  Retired by a reload, a runtime
+ * drains (its runs go on); retired at shutdown, its runs are cancelled.
+ * Everything here runs in the main thread.
+ *
+ * Retries.  A task that ends `failed`, `timeout` or `crashed` is tried
+ * again, up to the job's `retries` times, after retry_delay, doubled for
+ * each further retry and capped at retry_max_delay: the task goes back to
+ * its executor when a loop timer fires, and until then it keeps the result
+ * of its last attempt.  Only the last attempt's result counts: the hooks
+ * and observers hear of a task once, when it is over, with `attempt` set;
+ * each failed attempt is logged.  A cancelled run retries nothing: a task
+ * waiting for its retry ends with its last result at once.
+ *
+ * Run numbers count up per runtime from a start the front end gives
+ * (jobrt_set_last_run_id: the daemon continues from the run history, so
+ * that a job's run numbers stay unique across reloads and restarts).
  */
 #include "config.h"
 
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -28,6 +43,10 @@ struct run {
 	struct task *tasks;
 	size_t ntasks, ndone, nfailed;
 	double started;
+	struct timespec wall_started;   /* CLOCK_REALTIME, for history */
+	const char *trigger;            /* static: why it started */
+	bool cancelled;                 /* jobrt_cancel reached it */
+	struct run_observer obs;        /* this run's own; may be empty */
 	struct run *next;
 };
 
@@ -41,15 +60,77 @@ struct jobrt {
 	struct run *runs;
 	int nruns;
 	bool retired;
+	void *owner;                    /* the front end's; not owned */
 };
 
 static struct run_hooks hooks;
 static int nruntimes;
+/* Observers of every run (run_observe): not owned. */
+static const struct run_observer **observers;
+static size_t nobservers;
 
 void
 run_set_hooks(const struct run_hooks *h)
 {
 	hooks = *h;
+}
+
+void
+run_observe(const struct run_observer *obs)
+{
+	observers = xrealloc(observers, (nobservers + 1) * sizeof *observers);
+	observers[nobservers++] = obs;
+}
+
+void
+run_unobserve(const struct run_observer *obs)
+{
+	for (size_t i = 0; i < nobservers; i++) {
+		if (observers[i] == obs) {
+			memmove(&observers[i], &observers[i + 1],
+				(nobservers - i - 1) * sizeof *observers);
+			nobservers--;
+			break;
+		}
+	}
+	if (nobservers == 0) {
+		free(observers);
+		observers = NULL;
+	}
+}
+
+/* Tell every observer of RUN, the global ones first, then its own. */
+static void
+notify_started(struct run *run)
+{
+	for (size_t i = 0; i < nobservers; i++)
+		if (observers[i]->run_started)
+			observers[i]->run_started(run->rt, run->id, run->ntasks,
+						  observers[i]->arg);
+	if (run->obs.run_started)
+		run->obs.run_started(run->rt, run->id, run->ntasks, run->obs.arg);
+}
+
+static void
+notify_task_done(struct run *run, const struct task_result *r)
+{
+	for (size_t i = 0; i < nobservers; i++)
+		if (observers[i]->task_done)
+			observers[i]->task_done(run->rt, r, observers[i]->arg);
+	if (run->obs.task_done)
+		run->obs.task_done(run->rt, r, run->obs.arg);
+}
+
+static void
+notify_run_done(struct run *run, double wall)
+{
+	for (size_t i = 0; i < nobservers; i++)
+		if (observers[i]->run_done)
+			observers[i]->run_done(run->rt, run->id, run->ntasks,
+					       run->nfailed, wall, observers[i]->arg);
+	if (run->obs.run_done)
+		run->obs.run_done(run->rt, run->id, run->ntasks, run->nfailed, wall,
+				  run->obs.arg);
 }
 
 struct jobrt *
@@ -97,6 +178,48 @@ jobrt_count(void)
 	return nruntimes;
 }
 
+void
+jobrt_set_last_run_id(struct jobrt *rt, uint64_t id)
+{
+	rt->last_run_id = id;
+}
+
+uint64_t
+jobrt_last_run_id(const struct jobrt *rt)
+{
+	return rt->last_run_id;
+}
+
+void
+jobrt_set_owner(struct jobrt *rt, void *owner)
+{
+	rt->owner = owner;
+}
+
+void *
+jobrt_owner(const struct jobrt *rt)
+{
+	return rt->owner;
+}
+
+bool
+jobrt_retired(const struct jobrt *rt)
+{
+	return rt->retired;
+}
+
+struct tpool *
+jobrt_tpool(const struct jobrt *rt)
+{
+	return rt->tpool;
+}
+
+struct sup_pool *
+jobrt_sup(const struct jobrt *rt)
+{
+	return rt->sup;
+}
+
 static void
 jobrt_destroy(struct jobrt *rt)
 {
@@ -122,6 +245,14 @@ jobrt_retire(struct jobrt *rt, bool now)
 		jobrt_destroy(rt);
 }
 
+void
+jobrt_drain(struct jobrt *rt)
+{
+	rt->retired = true;
+	if (rt->nruns == 0)
+		jobrt_destroy(rt);
+}
+
 static void
 task_fail_now(struct task *t, enum task_status st, const char *error)
 {
@@ -135,11 +266,48 @@ task_fail_now(struct task *t, enum task_status st, const char *error)
 
 static void run_finish(struct run *run);
 
+/* Hand T to its job's executor (which may complete it at once). */
+static void
+task_submit(struct jobrt *rt, struct task *t)
+{
+	if (rt->def->mode == MODE_THREAD && rt->tpool == NULL)
+		task_fail_now(t, TASK_FAILED, rt->init_error);
+	else if (rt->def->mode == MODE_THREAD)
+		tpool_submit(rt->tpool, t);
+	else
+		sup_submit(rt->sup, t);
+}
+
+static void
+run_info_fill(const struct run *run, struct run_info *ri)
+{
+	memset(ri, 0, sizeof *ri);
+	ri->job = run->rt->def->name;
+	ri->id = run->id;
+	ri->trigger = run->trigger;
+	ri->started = run->wall_started;
+	ri->ntasks = run->ntasks;
+	ri->cancelled = run->cancelled;
+}
+
 uint64_t
 run_start(struct jobrt *rt)
 {
+	return run_start_ex(rt, "manual", NULL);
+}
+
+uint64_t
+run_start_observed(struct jobrt *rt, const struct run_observer *obs)
+{
+	return run_start_ex(rt, "manual", obs);
+}
+
+uint64_t
+run_start_ex(struct jobrt *rt, const char *trigger, const struct run_observer *obs)
+{
 	struct job_def *def = rt->def;
 	struct run *run = xcalloc(1, sizeof *run);
+	struct run_info ri;
 	uint64_t id;
 
 	run->rt = rt;
@@ -147,12 +315,21 @@ run_start(struct jobrt *rt)
 	run->ntasks = def->has_inputs ? def->ninputs : 1;
 	run->tasks = xcalloc(run->ntasks ? run->ntasks : 1, sizeof *run->tasks);
 	run->started = mono_now();
+	clock_gettime(CLOCK_REALTIME, &run->wall_started);
+	run->trigger = trigger ? trigger : "manual";
+	if (obs)
+		run->obs = *obs;
 	run->next = rt->runs;
 	rt->runs = run;
 	rt->nruns++;
-	log_info("job %s: run %" PRIu64 " started: %zu task%s, %s mode, %d worker%s",
-		 def->name, id, run->ntasks, run->ntasks == 1 ? "" : "s",
+	log_info("job %s: run %" PRIu64 " started (%s): %zu task%s, %s mode, %d worker%s",
+		 def->name, id, run->trigger, run->ntasks, run->ntasks == 1 ? "" : "s",
 		 mode_name(def->mode), def->workers, def->workers == 1 ? "" : "s");
+	if (hooks.run_begun) {
+		run_info_fill(run, &ri);
+		hooks.run_begun(rt, &ri, hooks.arg);
+	}
+	notify_started(run);
 
 	if (run->ntasks == 0) {
 		/* `inputs = []`: a run with nothing to do ends at once. */
@@ -164,24 +341,20 @@ run_start(struct jobrt *rt)
 		t->run = run;
 		t->index = i;
 		t->input = def->has_inputs ? def->inputs[i] : NULL;
+		t->attempt = 1;
 		t->result.job = def->name;
 		t->result.run = id;
 		t->result.index = i;
+		t->result.attempt = 1;
 		t->result.input = t->input;
 		t->result.mode = def->mode;
 		t->result.exit_code = -1;
 	}
 	/* Submit after filling every task: a task may complete (and end the
-	 * run) during submission when its executor fails it at once. */
-	for (size_t i = 0; i < run->ntasks; i++) {
-		struct task *t = &run->tasks[i];
-		if (def->mode == MODE_THREAD && rt->tpool == NULL)
-			task_fail_now(t, TASK_FAILED, rt->init_error);
-		else if (def->mode == MODE_THREAD)
-			tpool_submit(rt->tpool, t);
-		else
-			sup_submit(rt->sup, t);
-	}
+	 * run) during submission when its executor fails it at once.  Count
+	 * them first: the last one to complete frees the run. */
+	for (size_t i = 0, n = run->ntasks; i < n; i++)
+		task_submit(rt, &run->tasks[i]);
 	return id;
 }
 
@@ -192,23 +365,111 @@ run_finish(struct run *run)
 	struct run **pp;
 	double wall = mono_now() - run->started;
 
+	struct run_info ri;
+
 	for (pp = &rt->runs; *pp != run; pp = &(*pp)->next)
 		;
 	*pp = run->next;
 	log_msg(run->nfailed ? LOG_NOTICE : LOG_INFO,
-		"job %s: run %" PRIu64 " finished in %.3fs: %zu ok, %zu not ok",
-		rt->def->name, run->id, wall, run->ntasks - run->nfailed, run->nfailed);
+		"job %s: run %" PRIu64 " finished in %.3fs: %zu ok, %zu not ok%s",
+		rt->def->name, run->id, wall, run->ntasks - run->nfailed, run->nfailed,
+		run->cancelled ? " (cancelled)" : "");
 	/* The hook may retire the runtime: the run still counts until the
 	 * hook returns, so only this function frees it. */
+	if (hooks.run_ended) {
+		run_info_fill(run, &ri);
+		clock_gettime(CLOCK_REALTIME, &ri.ended);
+		ri.wall_s = wall;
+		ri.nfailed = run->nfailed;
+		ri.nok = run->ntasks - run->nfailed;
+		ri.tasks = run->tasks;
+		hooks.run_ended(rt, &ri, hooks.arg);
+	}
 	if (hooks.run_done)
 		hooks.run_done(rt, run->id, run->ntasks, run->nfailed, wall, hooks.arg);
+	notify_run_done(run, wall);
 	rt->nruns--;
+	/* No process of a job outlives its run. */
+	if (rt->nruns == 0 && rt->sup) {
+		sup_run_ended(rt->sup);
+		reaper_kill_job(rt->def->name);
+	}
 	for (size_t i = 0; i < run->ntasks; i++)
 		result_clear(&run->tasks[i].result);
 	free(run->tasks);
 	free(run);
 	if (rt->retired && rt->nruns == 0)
 		jobrt_destroy(rt);
+}
+
+/* Should T, just ended, be tried again? */
+static bool
+task_retry_due(struct task *t)
+{
+	const struct run *run = t->run;
+
+	switch (t->result.status) {
+	case TASK_FAILED:
+	case TASK_TIMEOUT:
+	case TASK_CRASHED:
+		break;
+	default:
+		return false;
+	}
+	return t->attempt <= run->rt->def->retries && !run->cancelled &&
+	    !atomic_load((_Atomic int *)&t->cancel);
+}
+
+/* The wait before retry number N (1-based): retry_delay doubled N - 1
+ * times, capped at retry_max_delay. */
+static double
+retry_delay(const struct job_def *def, int n)
+{
+	double d = def->retry_delay_s;
+
+	for (int i = 1; i < n && d < def->retry_max_delay_s; i++)
+		d *= 2;
+	return d < def->retry_max_delay_s ? d : def->retry_max_delay_s;
+}
+
+static void
+retry_fire(void *arg)
+{
+	struct task *t = arg;
+	struct task_result *r = &t->result;
+
+	loop_timer_remove(t->retry_timer);
+	t->retry_timer = NULL;
+	/* The last attempt's result counted until now: start afresh. */
+	result_clear(r);
+	r->status = TASK_OK;
+	r->pid = 0;
+	memset(&r->started, 0, sizeof r->started);
+	r->wall_s = r->cpu_s = 0;
+	r->signal = 0;
+	r->exit_code = -1;
+	r->core_dumped = false;
+	r->attempt = ++t->attempt;
+	t->next = NULL;
+	t->exec_priv = NULL;
+	atomic_store((_Atomic int *)&t->cancel, 0);
+	task_submit(t->run->rt, t);
+}
+
+static void
+retry_schedule(struct task *t)
+{
+	const struct job_def *def = t->run->rt->def;
+	double delay = retry_delay(def, t->attempt);
+
+	if (log_enabled(LOG_NOTICE)) {
+		char *line = result_summary(&t->result);
+		log_msg(LOG_NOTICE, "%s: retry %d of %d in %.3gs", line, t->attempt,
+			def->retries, delay);
+		free(line);
+	}
+	t->exec_priv = NULL;
+	t->retry_timer = loop_timer_add(delay, 0, retry_fire, t);
 }
 
 void
@@ -226,6 +487,10 @@ run_task_done(struct task *t)
 			run->rt->def->name, run->id, t->index);
 		return;
 	}
+	if (t->retry_timer == NULL && task_retry_due(t)) {
+		retry_schedule(t);
+		return;
+	}
 	t->done = true;
 	if (t->result.output == NULL)
 		t->result.output = xstrdup("");
@@ -239,6 +504,7 @@ run_task_done(struct task *t)
 	}
 	if (hooks.task_done)
 		hooks.task_done(&t->result, hooks.arg);
+	notify_task_done(run, &t->result);
 	if (run->ndone == run->ntasks)
 		run_finish(run);
 }
@@ -248,6 +514,7 @@ jobrt_cancel(struct jobrt *rt, bool now)
 {
 	for (struct run *run = rt->runs, *next; run; run = next) {
 		next = run->next;
+		run->cancelled = true;
 		/* Cancelling may complete tasks (and free the run) at once:
 		 * look at the count, not the run, after the last one. */
 		size_t n = run->ntasks, left = run->ntasks - run->ndone;
@@ -256,7 +523,15 @@ jobrt_cancel(struct jobrt *rt, bool now)
 			if (t->done)
 				continue;
 			left--;
-			if (rt->tpool)
+			if (t->retry_timer != NULL) {
+				/* Waiting for a retry: its last attempt counts. */
+				log_msg(LOG_NOTICE, "job %s: run %" PRIu64 " task %zu: "
+					"retry cancelled", rt->def->name, run->id,
+					t->index);
+				loop_timer_remove(t->retry_timer);
+				t->retry_timer = NULL;
+				run_task_done(t);
+			} else if (rt->tpool)
 				tpool_cancel(rt->tpool, t);
 			else if (rt->sup)
 				sup_cancel(rt->sup, t, now);

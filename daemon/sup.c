@@ -22,6 +22,7 @@
  */
 #include "config.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -67,7 +68,8 @@ struct worker {
 	char *fail_msg;                 /* from a FAIL message */
 	int tasks_done;
 	unsigned long seq;              /* JOBRUND_WORKER tag: pid.seq */
-	struct worker *next;
+	struct worker *next;            /* in its pool */
+	struct worker *all_prev, *all_next;     /* every live worker */
 };
 
 struct sup_pool {
@@ -86,6 +88,7 @@ struct sup_pool {
 };
 
 static int live_workers;
+static struct worker *all_workers;
 static unsigned long worker_seq;
 static int pools_stopping;          /* stopped, not yet freed */
 
@@ -131,6 +134,24 @@ int
 sup_pools_stopping(void)
 {
 	return pools_stopping;
+}
+
+bool
+sup_is_worker(pid_t pid)
+{
+	for (struct worker *w = all_workers; w; w = w->all_next)
+		if (w->pid == pid)
+			return true;
+	return false;
+}
+
+bool
+sup_worker_seq_alive(unsigned long seq)
+{
+	for (struct worker *w = all_workers; w; w = w->all_next)
+		if (w->seq == seq)
+			return true;
+	return false;
 }
 
 struct sup_pool *
@@ -535,7 +556,12 @@ read_socket(struct worker *w)
 		const uint8_t *p;
 		size_t len;
 		int rc;
-		ssize_t n = pconn_read(&w->conn);
+		ssize_t n;
+
+		/* A frame may have retired the worker (closing the socket). */
+		if (w->sock == -1)
+			return false;
+		n = pconn_read(&w->conn);
 
 		if (n == 0)
 			return false;
@@ -731,6 +757,10 @@ spawn_worker(struct sup_pool *sp)
 	sp->workers = w;
 	sp->nworkers++;
 	live_workers++;
+	w->all_next = all_workers;
+	if (all_workers)
+		all_workers->all_prev = w;
+	all_workers = w;
 
 	memset(&hello, 0, sizeof hello);
 	hello.version = PROTO_VERSION;
@@ -898,6 +928,12 @@ worker_gone(struct worker *w, const siginfo_t *si)
 	*pp = w->next;
 	sp->nworkers--;
 	live_workers--;
+	if (w->all_prev)
+		w->all_prev->all_next = w->all_next;
+	else
+		all_workers = w->all_next;
+	if (w->all_next)
+		w->all_next->all_prev = w->all_prev;
 
 	t = w->state == W_BUSY ? w->task : NULL;
 	if (t) {
@@ -962,6 +998,9 @@ worker_gone(struct worker *w, const siginfo_t *si)
 	free(w->fail_msg);
 	free(how);
 	free(w);
+	/* What the worker's tasks left behind outside its group now belongs
+	 * to nobody: find it. */
+	reaper_scan();
 
 	if (sp->stopping) {
 		pool_maybe_free(sp);    /* no task runs in a stopping pool */
@@ -1050,4 +1089,120 @@ sup_free(struct sup_pool *sp, double grace_s)
 	if (sp->workers)
 		sp->grace_timer = loop_timer_add(grace_s, 0, grace_expired, sp);
 	pool_maybe_free(sp);
+}
+
+/* --- leftovers -------------------------------------------------------- */
+
+/* Append PID's children (every thread's) to *LIST, recursively. */
+static void
+collect_descendants(pid_t pid, pid_t **list, size_t *n, size_t *cap, int depth)
+{
+	char path[64];
+	DIR *dir;
+	struct dirent *de;
+
+	if (depth > 64)
+		return;         /* a deeper tree is a fork bomb: enough */
+	snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+	if ((dir = opendir(path)) == NULL)
+		return;
+	while ((de = readdir(dir)) != NULL) {
+		char cpath[320], buf[4096], *save = NULL;
+		FILE *fp;
+		size_t len;
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(cpath, sizeof cpath, "/proc/%d/task/%s/children", (int)pid,
+			 de->d_name);
+		if ((fp = fopen(cpath, "re")) == NULL)
+			continue;
+		len = fread(buf, 1, sizeof buf - 1, fp);
+		fclose(fp);
+		buf[len] = '\0';
+		for (char *tok = strtok_r(buf, " \n", &save); tok;
+		     tok = strtok_r(NULL, " \n", &save)) {
+			pid_t child = (pid_t)atoi(tok);
+			if (child <= 0)
+				continue;
+			if (*n == *cap) {
+				*cap = *cap ? *cap * 2 : 16;
+				*list = xrealloc(*list, *cap * sizeof **list);
+			}
+			(*list)[(*n)++] = child;
+			collect_descendants(child, list, n, cap, depth + 1);
+		}
+	}
+	closedir(dir);
+}
+
+void
+sup_run_ended(struct sup_pool *sp)
+{
+	for (struct worker *w = sp->workers; w; w = w->next) {
+		pid_t *list = NULL;
+		size_t n = 0, cap = 0;
+
+		if (w->state != W_IDLE || w->stopping)
+			continue;
+		collect_descendants(w->pid, &list, &n, &cap, 0);
+		if (n == 0)
+			continue;
+		log_msg(LOG_NOTICE, "job %s: worker %d left %zu process%s running after "
+			"the run: killing %s and replacing the worker", sp->def->name,
+			(int)w->pid, n, n == 1 ? "" : "es", n == 1 ? "it" : "them");
+		for (size_t i = 0; i < n; i++) {
+			/* Through a pidfd: a descendant that exited since the
+			 * walk may have had its pid reused by then. */
+			int fd = pidfd_open(list[i], 0);
+			if (fd != -1) {
+				pidfd_send_signal(fd, SIGKILL, NULL, 0);
+				close(fd);
+			}
+		}
+		free(list);
+		/* Its killed children are its zombies: once it exits they
+		 * are ours (we are a subreaper) and reaper.c reaps them. */
+		retire_worker(w);
+	}
+}
+
+/* --- for the control socket (jobrunctl workers, kill) ------------------ */
+
+void
+sup_foreach_worker(struct sup_pool *sp,
+		   void (*cb)(const struct sup_worker_info *wi, void *arg), void *arg)
+{
+	for (struct worker *w = sp->workers; w; w = w->next) {
+		struct sup_worker_info wi;
+
+		memset(&wi, 0, sizeof wi);
+		wi.pid = w->pid;
+		wi.state = w->state == W_STARTING ? "starting" :
+			   w->state == W_BUSY ? "busy" : "idle";
+		wi.stopping = w->stopping;
+		wi.busy = w->state == W_BUSY && w->task != NULL;
+		if (wi.busy) {
+			wi.run = w->task->result.run;
+			wi.index = w->task->index;
+		}
+		wi.tasks_done = w->tasks_done;
+		cb(&wi, arg);
+	}
+}
+
+int
+sup_kill(struct sup_pool *sp, int sig, void (*cb)(pid_t pid, void *arg), void *arg)
+{
+	int n = 0;
+
+	/* A worker killed here ends as any killed from outside does: its
+	 * task `killed`, and a replacement started if the run goes on. */
+	for (struct worker *w = sp->workers; w; w = w->next) {
+		signal_group(w, sig);
+		if (cb)
+			cb(w->pid, arg);
+		n++;
+	}
+	return n;
 }

@@ -173,6 +173,10 @@ apply_limits_and_identity(const struct msg_hello *h)
 			continue;
 		rl.rlim_cur = rl.rlim_max = h->rlimit[i] == INT64_MAX ?
 			RLIM_INFINITY : (rlim_t)h->rlimit[i];
+		/* CPU: SIGXCPU at the limit, SIGKILL one second later (the
+		 * hard limit), so a crash says why. */
+		if (rlimit_resources[i] == RLIMIT_CPU && rl.rlim_max != RLIM_INFINITY)
+			rl.rlim_max = rl.rlim_cur + 1;
 		if (setrlimit(rlimit_resources[i], &rl) == -1)
 			fail("rlimits.%s = %lld: %s", rlimit_names[i],
 			     (long long)h->rlimit[i], strerror(errno));
@@ -294,6 +298,9 @@ main(int argc, char **argv)
 		     hello.version, PROTO_VERSION);
 	job_name = hello.job;
 	log_init("jobrund", false, hello.log_level);
+	/* Reopen syslog's socket only when there is something to log, so that
+	 * a plugin sees nothing open but fds 0-3. */
+	closelog();
 	host_set_log_hook(log_to_daemon);
 	apply_limits_and_identity(&hello);
 

@@ -11,7 +11,8 @@
 
 # The Debian packages jobrund needs to build and test: the one list.
 JR_PACKAGES="build-essential autoconf automake libtool pkg-config \
-libconfig-dev libcmocka-dev libsystemd-dev python3"
+libconfig-dev libjansson-dev libsqlite3-dev libcmocka-dev libsystemd-dev libcurl4-openssl-dev python3-dev \
+python3"
 
 JR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 

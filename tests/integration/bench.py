@@ -1,3 +1,173 @@
-"""jobrund --bench: placeholder while the test is written."""
-from jrtest import main
-main([])
+"""jobrund --bench: the table, the JSON, the exit codes, a plugin that is
+not thread-safe, failed tasks, and no worker left behind.
+
+Runs the real jobrund on temporary configs.  No assertion is about time:
+the figures depend on the machine; what is checked is that each run is
+there, complete, and says what it measured.
+"""
+
+import json
+
+from jrtest import JOBRUND, main, processes_matching, run
+
+RUN_KEYS = {"mode", "workers", "ran", "complete", "tasks_done", "failed",
+            "wall_s", "cpu_s", "user_s", "sys_s", "cpu_per_wall", "speedup",
+            "tasks_per_s", "startup_s", "overhead_per_task_s",
+            "task_wall_sum_s", "peak_rss_kib", "daemon", "worker_processes",
+            "failures", "note"}
+
+
+def job(name, plugin, mode, workers, inputs):
+    return ('{ name = "%s"; plugin = "%s"; mode = "%s"; workers = %d; '
+            'inputs = [ %s ]; }' % (name, plugin, mode, workers,
+                                    ", ".join(inputs)))
+
+
+def config(env):
+    return env.config(",\n".join([
+        job("sq", "square", "thread", 2, [str(i) for i in range(10)]),
+        job("ns", "notsafe", "process", 2, ['"a"', '"b"', '"c"']),
+        job("bad", "cpu", "process", 2, ['"abc"', '"10"'])]))
+
+
+def bench(cfg, *args):
+    return run([JOBRUND, "-c", cfg, "--bench"] + list(args))
+
+
+def no_workers_left(tap, name):
+    tap.eq(processes_matching("jobrund-worker: %s" % name), [],
+           "no %s worker left after --bench" % name)
+
+
+def rows(out):
+    """The table's rows, by mode: the words of each line."""
+    found = {}
+    for line in out.splitlines():
+        words = line.split()
+        if words and words[0] in ("sequential", "thread", "process"):
+            found[words[0]] = words
+    return found
+
+
+def test_table(tap, env):
+    rc, out, err = bench(config(env), "sq")
+    tap.eq(rc, 0, "--bench on a square job exits 0")
+    tap.ok(out.startswith("jobrund --bench sq: plugin square"),
+           "the table names the job and plugin", out)
+    for col in ("wall", "CPU", "speed-up", "peak RSS", "start-up",
+                "overhead/task"):
+        tap.ok(col in out.splitlines()[2], "the header has a %s column" % col,
+               out)
+    r = rows(out)
+    tap.eq(sorted(r), ["process", "sequential", "thread"],
+           "one row per mode: sequential, thread, process")
+    tap.ok(r.get("thread", [None, None])[1] == "2" and
+           r.get("process", [None, None])[1] == "2",
+           "thread and process ran the job's 2 workers", r)
+    tap.ok(all(w[-1] == "0" for w in r.values()), "no task failed", r)
+    rec = [l for l in out.splitlines() if l.startswith("recommendation: ")]
+    tap.ok(len(rec) == 1 and (" mode" in rec[0]) and ":" in rec[0][16:],
+           "one recommendation line, with a mode and a reason", rec)
+    tap.ok("overhead/task  (wall x" in out, "the legend defines overhead", out)
+    no_workers_left(tap, "sq")
+
+
+def test_json(tap, env):
+    rc, out, err = bench(config(env), "sq", "--json", "--workers", "3",
+                         "--repeat", "2")
+    tap.eq(rc, 0, "--bench --json exits 0")
+    try:
+        doc = json.loads(out)
+    except ValueError as e:
+        tap.ok(False, "--json prints one JSON document", "%s\n%s" % (e, out))
+        return
+    tap.ok(True, "--json prints one JSON document")
+    tap.eq((doc.get("job"), doc.get("plugin"), doc.get("inputs"),
+            doc.get("repeat"), doc.get("tasks"), doc.get("workers")),
+           ("sq", "square", 10, 2, 20, 3),
+           "job, plugin, inputs, repeat, tasks and --workers are reported")
+    runs = doc.get("runs", [])
+    tap.eq([r.get("mode") for r in runs], ["sequential", "thread", "process"],
+           "three runs, in order")
+    tap.eq([r.get("workers") for r in runs], [1, 3, 3],
+           "--workers sets both pools' size")
+    for r in runs:
+        tap.ok(RUN_KEYS <= set(r), "%s run has every field" % r.get("mode"),
+               sorted(RUN_KEYS - set(r)))
+        tap.ok(r.get("complete") and r.get("tasks_done") == 20 and
+               r.get("failed") == 0,
+               "%s run did all 20 tasks" % r.get("mode"), r)
+        tap.ok(isinstance(r.get("wall_s"), float) and r["wall_s"] > 0 and
+               isinstance(r.get("peak_rss_kib"), int) and
+               r["peak_rss_kib"] > 0,
+               "%s run has a wall time and a peak RSS" % r.get("mode"), r)
+    procs = runs[2].get("worker_processes", []) if len(runs) == 3 else []
+    tap.ok(1 <= len(procs) <= 3 and all(p.get("rss_kib") for p in procs),
+           "process run saw its worker processes and their memory", procs)
+    rec = doc.get("recommendation", {})
+    tap.ok(rec.get("mode") in ("thread", "process", "none") and
+           rec.get("text"),
+           "the recommendation has a mode and a text", rec)
+    no_workers_left(tap, "sq")
+
+
+def test_usage_errors(tap, env):
+    cfg = config(env)
+    rc, out, err = bench(cfg, "nosuch")
+    tap.eq(rc, 2, "an unknown job exits 2")
+    tap.ok("nosuch" in err, "and says which job", err)
+    for bad in ("0", "1025", "abc", "-1"):
+        rc, out, err = bench(cfg, "sq", "--workers", bad)
+        tap.eq(rc, 2, "--workers %s exits 2" % bad)
+    rc, out, err = bench(cfg, "sq", "--repeat", "0")
+    tap.eq(rc, 2, "--repeat 0 exits 2")
+    rc, out, err = run([JOBRUND, "-c", cfg, "--workers", "2"])
+    tap.eq(rc, 2, "--workers without --bench exits 2")
+    rc, out, err = run([JOBRUND, "-c", cfg, "--bench", "sq", "--once"])
+    tap.eq(rc, 2, "--bench with --once exits 2")
+    rc, out, err = bench(env.write("broken.conf", "jobs = ( { name = ; } );\n"),
+                         "sq")
+    tap.eq(rc, 1, "a broken config exits 1")
+
+
+def test_not_thread_safe(tap, env):
+    cfg = config(env)
+    rc, out, err = bench(cfg, "ns")
+    tap.eq(rc, 0, "--bench on a plugin that is not thread-safe exits 0")
+    r = rows(out)
+    tap.eq((r.get("thread", [None, None])[1], r.get("process", [None, None])[1]),
+           ("1", "2"), "thread mode ran 1 worker, process mode 2")
+    tap.ok("thread mode ran 1 worker, not 2: plugin notsafe is not thread-safe"
+           in out, "the table says why", out)
+    rc, out, err = bench(cfg, "ns", "--json")
+    doc = json.loads(out)
+    tap.eq([r["workers"] for r in doc["runs"]], [1, 1, 2],
+           "--json agrees: 1 thread, 2 processes")
+    tap.ok(doc["thread_safe"] is False and
+           "not thread-safe" in (doc["runs"][1]["note"] or ""),
+           "--json says the plugin is not thread-safe", doc["runs"][1])
+    no_workers_left(tap, "ns")
+
+
+def test_failed_tasks(tap, env):
+    cfg = config(env)
+    rc, out, err = bench(cfg, "bad")
+    tap.eq(rc, 3, "a failed task makes --bench exit 3")
+    r = rows(out)
+    tap.ok(sorted(r) == ["process", "sequential", "thread"] and
+           all(w[-1] == "1" for w in r.values()),
+           "the table still comes out, one failure per mode", out)
+    tap.ok('task 0 (input 0 "abc"): failed' in out,
+           "the failed task is named with its input", out)
+    rc, out, err = bench(cfg, "bad", "--json")
+    doc = json.loads(out)
+    fails = [f for r in doc["runs"] for f in r["failures"]]
+    tap.ok(rc == 3 and doc["failed"] == 3 and len(fails) == 3 and
+           all(f["input"] == "abc" and f["status"] == "failed" and
+               "abc" in f["error"] for f in fails),
+           "--json lists the failures", fails)
+    no_workers_left(tap, "bad")
+
+
+main([test_table, test_json, test_usage_errors, test_not_thread_safe,
+      test_failed_tasks])

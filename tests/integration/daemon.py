@@ -6,7 +6,7 @@ disables only its jobs, a bad config stops start-up.
 import signal
 import time
 
-from jrtest import Daemon, JOBRUND, main, processes_matching, run, wait_for
+from jrtest import Daemon, JOBRUND, main, processes_matching, run, track, wait_for
 
 
 def test_start_every_and_stop(tap, env):
@@ -129,6 +129,7 @@ def test_daemonize_and_pidfile(tap, env):
     if not pid or not pid.isdigit():
         return
     pid = int(pid)
+    track(pid)
     tap.ok(wait_for(lambda: processes_matching("jobrund-worker: bg_every")),
            "the detached daemon runs its jobs")
     os.kill(pid, signal.SIGTERM)

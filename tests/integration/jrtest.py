@@ -129,8 +129,43 @@ def once(config, *jobs, timeout=TIMEOUT):
     return rc, results, err
 
 
+# Every process this test starts, so that process scans see only our own:
+# the machine is shared, and another test run may use the same job names.
+STARTED = set()
+_Popen = subprocess.Popen
+
+
+class _TrackedPopen(_Popen):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        STARTED.add(self.pid)
+
+
+subprocess.Popen = _TrackedPopen
+
+
+def track(pid):
+    """Count PID (e.g. a daemon that detached) as started by this test."""
+    STARTED.add(pid)
+
+
+def _started_by_us(pid):
+    """Whether PID descends from a jobrund this test started: workers and
+    what they spawn carry JOBRUND_WORKER=<daemon pid>.<n>."""
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return False
+    for var in env:
+        if var.startswith(b"JOBRUND_WORKER="):
+            owner = var[len(b"JOBRUND_WORKER="):].split(b".")[0]
+            return owner.isdigit() and int(owner) in STARTED
+    return pid in STARTED
+
+
 def processes_matching(marker):
-    """Pids of processes whose command line contains MARKER."""
+    """Pids of our processes whose command line contains MARKER."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -140,7 +175,7 @@ def processes_matching(marker):
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker in cmd and int(pid) != os.getpid():
+        if marker in cmd and int(pid) != os.getpid() and _started_by_us(int(pid)):
             found.append(int(pid))
     return found
 

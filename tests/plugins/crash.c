@@ -5,12 +5,21 @@
  * for ever (only SIGKILL ends it), "spin" busy-loops without looking at
  * task_cancelled, "print" writes a line to stdout and one to stderr (which
  * the daemon must log, never mix into results); anything else ("ok") is
- * echoed.  Not thread-safe: it is
+ * echoed.  For supervision tests: "escape:MARK" double-forks and
+ * setsid()s a `sleep` whose argv[0] is MARK; "setsid:MARK" leaves a direct
+ * child in its own session; "bg:MARK" a direct child in the worker's
+ * group; "leak:N" keeps N MiB touched; "spew:N" writes N bytes to stdout
+ * without a newline; "fds", "cwd", "id", "pid", "env:NAME" and
+ * "rlimit:NAME" report what the worker process has.  Not thread-safe: it is
  * meant for process mode.
  */
 #include "config.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <stdbool.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +27,86 @@
 #include <unistd.h>
 
 #include "jobrund/plugin.h"
+
+/* Start `sleep 3600` named MARK; SESSION: in a new session; ESCAPE: as a
+ * grandchild whose parent exits at once (a daemon's double fork). */
+static void
+start_sleeper(const char *mark, bool session, bool escape)
+{
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		if (session)
+			setsid();
+		if (escape && fork() != 0)
+			_exit(0);
+		execl("/bin/sleep", mark, "3600", (char *)NULL);
+		_exit(127);
+	}
+	if (pid > 0 && escape)
+		waitpid(pid, NULL, 0);
+}
+
+static int
+report(const struct jr_host *host, jr_task *task, const char *what)
+{
+	char buf[8192];
+	size_t len = 0;
+
+	if (strcmp(what, "fds") == 0) {
+		DIR *d = opendir("/proc/self/fd");
+		struct dirent *de;
+		int self = d ? dirfd(d) : -1;
+
+		while (d && (de = readdir(d)) != NULL) {
+			char link[300], target[1024];
+			ssize_t n;
+
+			if (de->d_name[0] == '.' || atoi(de->d_name) == self)
+				continue;
+			snprintf(link, sizeof link, "/proc/self/fd/%s", de->d_name);
+			n = readlink(link, target, sizeof target - 1);
+			target[n > 0 ? n : 0] = '\0';
+			len += (size_t)snprintf(buf + len, sizeof buf - len, "%s%s=%s",
+						len ? "\n" : "", de->d_name, target);
+		}
+		if (d)
+			closedir(d);
+	} else if (strcmp(what, "cwd") == 0) {
+		if (getcwd(buf, sizeof buf) == NULL)
+			snprintf(buf, sizeof buf, "?");
+	} else if (strcmp(what, "id") == 0) {
+		snprintf(buf, sizeof buf, "%u %u", (unsigned)getuid(), (unsigned)getgid());
+	} else if (strcmp(what, "pid") == 0) {
+		snprintf(buf, sizeof buf, "%d", (int)getpid());
+	} else if (strncmp(what, "env:", 4) == 0) {
+		const char *v = getenv(what + 4);
+		snprintf(buf, sizeof buf, "%s", v ? v : "(unset)");
+	} else if (strncmp(what, "rlimit:", 7) == 0) {
+		static const struct { const char *name; int res; } lims[] = {
+			{ "as", RLIMIT_AS }, { "cpu", RLIMIT_CPU },
+			{ "nofile", RLIMIT_NOFILE }, { "nproc", RLIMIT_NPROC },
+			{ "core", RLIMIT_CORE },
+		};
+		struct rlimit rl;
+		size_t i;
+
+		for (i = 0; i < sizeof lims / sizeof lims[0]; i++)
+			if (strcmp(what + 7, lims[i].name) == 0)
+				break;
+		if (i == sizeof lims / sizeof lims[0] || getrlimit(lims[i].res, &rl) == -1) {
+			host->task_error(task, "no limit %s", what + 7);
+			return EINVAL;
+		}
+		if (rl.rlim_cur == RLIM_INFINITY)
+			snprintf(buf, sizeof buf, "unlimited");
+		else
+			snprintf(buf, sizeof buf, "%llu", (unsigned long long)rl.rlim_cur);
+	} else {
+		return -1;
+	}
+	return host->task_output(task, buf, strlen(buf)) == 0 ? 0 : EFBIG;
+}
 
 static int
 crash_run(const struct jr_host *host, void *state, jr_task *task)
@@ -38,6 +127,35 @@ crash_run(const struct jr_host *host, void *state, jr_task *task)
 		signal(SIGTERM, SIG_IGN);
 		for (;;)
 			pause();
+	} else if (strncmp(in, "escape:", 7) == 0) {
+		start_sleeper(in + 7, true, true);
+	} else if (strncmp(in, "setsid:", 7) == 0) {
+		start_sleeper(in + 7, true, false);
+	} else if (strncmp(in, "bg:", 3) == 0) {
+		start_sleeper(in + 3, false, false);
+	} else if (strncmp(in, "leak:", 5) == 0) {
+		size_t n = (size_t)atol(in + 5) << 20;
+		char *p = malloc(n);
+
+		if (p == NULL) {
+			host->task_error(task, "cannot allocate %s MiB", in + 5);
+			return ENOMEM;
+		}
+		memset(p, 1, n);        /* touched, so it counts in RSS; leaked */
+	} else if (strncmp(in, "spew:", 5) == 0) {
+		long n = atol(in + 5);
+		char chunk[4096];
+
+		memset(chunk, 'x', sizeof chunk);
+		for (long done = 0; done < n; ) {
+			size_t k = (size_t)(n - done) < sizeof chunk ?
+				   (size_t)(n - done) : sizeof chunk;
+			ssize_t w = write(1, chunk, k);
+			if (w <= 0)
+				break;
+			done += w;
+		}
+		return host->task_output(task, "spewed", 6) == 0 ? 0 : EFBIG;
 	} else if (strcmp(in, "print") == 0) {
 		printf("noise from the plugin on stdout\n");
 		fflush(stdout);
@@ -47,6 +165,11 @@ crash_run(const struct jr_host *host, void *state, jr_task *task)
 
 		for (;;)
 			n++;
+	}
+	{
+		int rc = report(host, task, in);
+		if (rc >= 0)
+			return rc;
 	}
 	return host->task_output(task, in, strlen(in)) == 0 ? 0 : EFBIG;
 }

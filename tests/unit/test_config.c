@@ -518,6 +518,81 @@ test_duplicate_names(void **state)
 	errlist_free(&errs);
 }
 
+/* The scheduling and history keys: defaults, values, inheritance. */
+static void
+test_schedule_keys(void **state)
+{
+	struct jr_config *cfg;
+	struct job_def *a, *b, *c;
+
+	(void)state;
+	cfg = load_ok("jobs = (\n"
+		      "  { name = \"a\"; plugin = \"p\"; mode = \"thread\"; },\n"
+		      "  { name = \"b\"; plugin = \"p\"; mode = \"thread\";\n"
+		      "    schedule = \"0 3 * * *\"; timezone = \"UTC\"; catchup = \"once\";\n"
+		      "    overlap = \"allow\"; max_concurrent_runs = 7; retries = 2;\n"
+		      "    retry_delay = \"250ms\"; retry_max_delay = \"2s\";\n"
+		      "    history_keep = 5; },\n"
+		      "  { name = \"c\"; plugin = \"p\"; mode = \"thread\";\n"
+		      "    retry_delay = \"5m\"; }\n"
+		      ");\n"
+		      "history_keep = 20;\n");
+	a = cfg_find_job(cfg, "a");
+	b = cfg_find_job(cfg, "b");
+	c = cfg_find_job(cfg, "c");
+	assert_int_equal(cfg->history_keep, 20);
+	assert_int_equal(a->max_concurrent_runs, 4);
+	assert_true(a->retry_delay_s == 1.0 && a->retry_max_delay_s == 60.0);
+	assert_null(a->timezone);
+	assert_int_equal(a->catchup, CATCHUP_NONE);
+	assert_int_equal(a->history_keep, 20);  /* the top level's, set after */
+	assert_string_equal(b->timezone, "UTC");
+	assert_int_equal(b->catchup, CATCHUP_ONCE);
+	assert_int_equal(b->max_concurrent_runs, 7);
+	assert_true(b->retry_delay_s == 0.25 && b->retry_max_delay_s == 2.0);
+	assert_int_equal(b->history_keep, 5);
+	/* A long delay without a cap of its own is its own cap. */
+	assert_true(c->retry_delay_s == 300.0 && c->retry_max_delay_s == 300.0);
+	cfg_free(cfg);
+
+	cfg = load_ok("jobs = ( { name = \"a\"; plugin = \"p\"; mode = \"thread\"; } );\n");
+	assert_int_equal(cfg->history_keep, 100);
+	assert_int_equal(cfg->jobs[0].history_keep, 100);
+	cfg_free(cfg);
+
+	expect_only_error("history_keep = 0;\n", 1, "history_keep: 0 is out of range");
+	expect_only_error("jobs = ( { name = \"a\"; plugin = \"p\"; mode = \"thread\";\n"
+			  "  schedule = \"@every 1s\"; catchup = \"once\"; } );\n", 2,
+			  "job 'a': catchup: applies to cron schedules only");
+	expect_only_error("jobs = ( { name = \"a\"; plugin = \"p\"; mode = \"thread\";\n"
+			  "  schedule = \"@daily\"; timezone = \"No/Such_Zone\"; } );\n", 2,
+			  "job 'a': timezone: \"No/Such_Zone\" is not a time zone");
+	expect_only_error("jobs = ( { name = \"a\"; plugin = \"p\"; mode = \"thread\";\n"
+			  "  max_concurrent_runs = 0; overlap = \"allow\"; } );\n", 2,
+			  "max_concurrent_runs: 0 is out of range (1..1024)");
+}
+
+/* Three of one name: each later one names the first. */
+static void
+test_duplicate_names_many(void **state)
+{
+	struct errlist errs = { 0 };
+	char want[PATH_MAX + 64];
+
+	(void)state;
+	assert_null(load("jobs = (\n"
+			 "  { name = \"a\"; plugin = \"p\"; mode = \"thread\"; },\n"
+			 "  { name = \"a\"; plugin = \"p\"; mode = \"thread\"; },\n"
+			 "  { name = \"a\"; plugin = \"p\"; mode = \"thread\"; }\n"
+			 ");\n", &errs));
+	snprintf(want, sizeof want, "duplicate name, first defined at %s/test.conf:2",
+		 tmpdir);
+	expect_error(&errs, 3, want);
+	expect_error(&errs, 4, want);
+	assert_int_equal(errs.n, 2);
+	errlist_free(&errs);
+}
+
 static void
 test_missing_required(void **state)
 {
@@ -840,6 +915,8 @@ main(void)
 		cmocka_unit_test(test_ranges),
 		cmocka_unit_test(test_bad_values),
 		cmocka_unit_test(test_duplicate_names),
+		cmocka_unit_test(test_duplicate_names_many),
+		cmocka_unit_test(test_schedule_keys),
 		cmocka_unit_test(test_missing_required),
 		cmocka_unit_test(test_bad_schedules),
 		cmocka_unit_test(test_bad_durations),
