@@ -360,15 +360,8 @@ static void
 stop_check(void *arg)
 {
 	(void)arg;
-	if (jobrt_count() != 0 || sup_live_workers() != 0 ||
-	    sup_pools_stopping() != 0 || tpool_threads_alive() != 0)
-		return;
-	/* The workers are gone: what they left behind goes too. */
-	if (reaper_adopted() > 0) {
-		reaper_kill_all();
-		return;
-	}
-	loop_break();
+	if (jobrt_count() == 0 && run_all_quiet())
+		loop_break();
 }
 
 static void

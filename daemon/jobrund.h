@@ -534,6 +534,10 @@ void jobrt_cancel(struct jobrt *rt, bool now);
 void run_task_done(struct task *task);
 /* How many runtimes exist (retired ones included): for shutdown. */
 int jobrt_count(void);
+/* Whether everything the executors started has ended (workers reaped,
+ * pools freed, pool threads exited, adopted processes reaped); once the
+ * rest is gone, kills the adopted processes that remain.  For exit. */
+bool run_all_quiet(void);
 
 /* ------------------------------------------------------------------ */
 /* tpool.c - the thread executor                                       */

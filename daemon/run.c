@@ -538,3 +538,17 @@ jobrt_cancel(struct jobrt *rt, bool now)
 		}
 	}
 }
+
+bool
+run_all_quiet(void)
+{
+	if (sup_live_workers() != 0 || sup_pools_stopping() != 0 ||
+	    tpool_threads_alive() != 0)
+		return false;
+	/* The workers are gone: what they left behind goes too. */
+	if (reaper_adopted() > 0) {
+		reaper_kill_all();
+		return false;
+	}
+	return true;
+}

@@ -635,6 +635,22 @@ on_exit_event(int fd, uint32_t events, void *arg)
 
 /* --- spawning --------------------------------------------------------- */
 
+/* Variables that speak to jobrund itself, never to its workers: systemd's
+ * notification and watchdog sockets, socket activation, our own tags. */
+static bool
+daemon_only_variable(const char *var)
+{
+	static const char *const names[] = {
+		"JOBRUND_JOB=", "JOBRUND_WORKER=", "NOTIFY_SOCKET=", "WATCHDOG_USEC=",
+		"WATCHDOG_PID=", "LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=",
+	};
+
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+		if (strncmp(var, names[i], strlen(names[i])) == 0)
+			return true;
+	return false;
+}
+
 /*
  * A worker's environment: jobrund's own, or with `env` a clean one (a
  * default PATH unless the job sets one, plus its variables).  Always the
@@ -665,8 +681,7 @@ worker_environment(const struct job_def *def, unsigned long seq)
 		cap = count + 3;
 		envp = xcalloc(cap, sizeof *envp);
 		for (char **e = environ; *e; e++)
-			if (strncmp(*e, "JOBRUND_JOB=", 12) != 0 &&
-			    strncmp(*e, "JOBRUND_WORKER=", 15) != 0)
+			if (!daemon_only_variable(*e))
 				envp[n++] = xstrdup(*e);
 	}
 	envp[n++] = xasprintf("JOBRUND_JOB=%s", def->name);

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "jobrund/plugin.h"
+#include "decimal.h"
 
 #define CPU_MAX_N       4294967296ULL   /* so that i*i fits in 64 bits */
 #define CPU_CHUNK       (1ULL << 20)    /* iterations between cancel checks */
@@ -37,20 +38,6 @@ parse_n(const char *s, uint64_t *v)
 		return ERANGE;
 	*v = x;
 	return 0;
-}
-
-/* Write V in decimal into BUF (at least 40 bytes); returns the start. */
-static char *
-u128_to_dec(unsigned __int128 v, char *buf, size_t len)
-{
-	char *p = buf + len;
-
-	*--p = '\0';
-	do {
-		*--p = (char)('0' + (int)(v % 10));
-		v /= 10;
-	} while (v != 0);
-	return p;
 }
 
 static int

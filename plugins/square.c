@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "jobrund/plugin.h"
+#include "decimal.h"
 
 /* Parse a whole decimal int64: optional sign, digits, nothing else. */
 static int
@@ -32,20 +33,6 @@ parse_int64(const char *s, int64_t *v)
 		return ERANGE;
 	*v = x;
 	return 0;
-}
-
-/* Write V in decimal into BUF (at least 40 bytes); returns BUF. */
-static char *
-u128_to_dec(unsigned __int128 v, char *buf, size_t len)
-{
-	char *p = buf + len;
-
-	*--p = '\0';
-	do {
-		*--p = (char)('0' + (int)(v % 10));
-		v /= 10;
-	} while (v != 0);
-	return p;
 }
 
 static int

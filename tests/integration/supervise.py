@@ -227,22 +227,8 @@ def fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
-def children_of(pid):
-    found = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % p) as f:
-                st = f.read()
-        except OSError:
-            continue
-        if int(st[st.rfind(")") + 2:].split()[1]) == pid:
-            found.append(int(p))
-    return found
-
-
-def zombies_of(pid):
+def children_of(pid, state=None):
+    """Pids of PID's children (in STATE, e.g. "Z", when given)."""
     found = []
     for p in os.listdir("/proc"):
         if not p.isdigit():
@@ -253,9 +239,13 @@ def zombies_of(pid):
         except OSError:
             continue
         rest = st[st.rfind(")") + 2:].split()
-        if rest[0] == "Z" and int(rest[1]) == pid:
+        if int(rest[1]) == pid and (state is None or rest[0] == state):
             found.append(int(p))
     return found
+
+
+def zombies_of(pid):
+    return children_of(pid, "Z")
 
 
 def test_hygiene_many_lifetimes(tap, env):
