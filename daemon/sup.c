@@ -41,7 +41,7 @@
 
 extern char **environ;
 
-#define OUT_LINE_MAX 4096               /* longer lines are split */
+#define OUT_LINE_MAX 4096               /* longer lines are cut */
 #define OUT_READ_MAX (64 * 1024)        /* per wake-up, so one spewing
 					   worker cannot starve the loop */
 #define RESPAWN_DELAY_MIN 0.1
@@ -58,6 +58,7 @@ struct worker {
 	struct loop_watch *sock_w, *pid_w, *out_w;
 	char line[OUT_LINE_MAX];
 	size_t linelen;
+	uint64_t line_skipped;          /* bytes of an over-long line not logged */
 	enum wstate state;
 	struct task *task;
 	uint64_t task_id;
@@ -324,6 +325,16 @@ log_output_line(struct worker *w)
 	w->linelen = 0;
 }
 
+/* The end of an over-long line (a newline, or the end of the stream):
+ * say how much of it was not logged. */
+static void
+log_skipped(struct worker *w)
+{
+	log_msg(LOG_INFO, "job %s: worker %d: ... (%" PRIu64 " more bytes of that "
+		"line not logged)", w->pool->def->name, (int)w->pid, w->line_skipped);
+	w->line_skipped = 0;
+}
+
 /* Keep what the worker writes during a task with the task's result, up to
  * the job's output_limit; count the rest. */
 static void
@@ -362,6 +373,8 @@ read_output(struct worker *w, bool drain)
 			if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
 				if (w->linelen)
 					log_output_line(w);
+				if (w->line_skipped)
+					log_skipped(w);
 				loop_remove(w->out_w);
 				w->out_w = NULL;
 				close(w->outfd);
@@ -374,12 +387,22 @@ read_output(struct worker *w, bool drain)
 			keep_output(w, buf, (size_t)n);
 		for (ssize_t i = 0; i < n; i++) {
 			if (buf[i] == '\n') {
-				log_output_line(w);
+				if (w->line_skipped)
+					log_skipped(w);
+				else
+					log_output_line(w);
+				continue;
+			}
+			/* A line longer than the buffer: log its start, count
+			 * the rest.  A worker writing gigabytes without a
+			 * newline neither grows the daemon nor floods the log. */
+			if (w->line_skipped || w->linelen == OUT_LINE_MAX - 1) {
+				if (w->line_skipped == 0)
+					log_output_line(w);
+				w->line_skipped++;
 				continue;
 			}
 			w->line[w->linelen++] = buf[i];
-			if (w->linelen == OUT_LINE_MAX - 1)
-				log_output_line(w);
 		}
 	}
 }
@@ -457,6 +480,11 @@ take_result(struct worker *w, const uint8_t *p, size_t len)
 	 * take it now, so it is kept with this task and not the next. */
 	if (w->state == W_BUSY && w->outfd != -1)
 		read_output(w, true);
+	/* The task is over, and so is its last unfinished line. */
+	if (w->line_skipped)
+		log_skipped(w);
+	else if (w->linelen)
+		log_output_line(w);
 	if (w->state != W_BUSY || m.id != w->task_id) {
 		log_msg(LOG_ERR, "job %s: worker %d sent a result for task %" PRIu64
 			" it was not running: ignored", w->pool->def->name, (int)w->pid, m.id);

@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 
-from jrtest import (Daemon, JOBRUND, TIMEOUT, main, processes_matching,
+from jrtest import (BUILDDIR, Daemon, JOBRUND, TIMEOUT, main, processes_matching,
                     wait_for)
 
 
@@ -249,21 +249,27 @@ def zombies_of(pid):
 
 
 def test_hygiene_many_lifetimes(tap, env):
-    # Two runs of one-task workers, half the lifetimes each; the daemon is
-    # idle after each, and must hold the same descriptors both times.
+    # Two runs of one-task workers, half the lifetimes each, started with
+    # jobrunctl; the daemon is idle after each and must hold the same
+    # descriptors both times.
     n = LIFETIMES // 2
+    jobrunctl = os.path.join(BUILDDIR, "jobrunctl")
     cfg = env.config(job("life", ["pid"] * n, 'max_tasks_per_worker = 1; '
-                         'schedule = "@every 1s";', workers=2))
+                         'schedule = "@manual";', workers=2))
     d = Daemon(env, cfg)
+    tap.ok(d.wait_log(r"jobrund .* started"), "daemon up")
     counts = []
     for run in (1, 2):
-        tap.ok(d.wait_log(r"job life: run %d finished" % run, timeout=TIMEOUT * 5),
-               "run %d: %d worker lifetimes" % (run, n))
+        p = subprocess.run([jobrunctl, "-s", env.socket, "run", "life", "--wait"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, timeout=TIMEOUT * 5)
+        tap.eq(p.returncode, 0, "run %d: %d worker lifetimes, all ok" % (run, n))
         # Gone means reaped: a worker's descriptors close as it is reaped.
         tap.ok(wait_for(lambda: not children_of(d.pid)), "run %d: workers gone" % run)
         counts.append(fd_count(d.pid))
-    tap.eq([d.count(r"job life run %d task \d+ input=pid: ok" % run) for run in (1, 2)],
-           [n, n], "every task's result is accounted for")
+    tap.ok([d.count(r"job life run %d task \d+ input=pid: ok" % run) for run in (1, 2)]
+           == [n, n], "every task's result is accounted for",
+           [l for l in d.log() if "job life run" in l and ": ok output" not in l][:10])
     tap.eq(counts[0], counts[1], "the daemon's descriptor count is flat")
     tap.eq(zombies_of(d.pid), [], "no zombies")
     d.signal(signal.SIGTERM)
@@ -311,7 +317,36 @@ def test_thread_mode_stuck(tap, env):
            "it is logged loudly, and --once still exits", err[-600:])
 
 
-main([test_thread_mode_stuck, test_escapes_are_killed, test_escapes_killed_in_daemon, test_admin_kill,
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_endless_line(tap, env):
+    # 512 MiB on stdout without a newline: the daemon reads it all, keeps
+    # output_limit of it, logs the start once, and does not grow.
+    n = 512 << 20
+    cfg = env.config(job("endless", ["spew:%d" % n], 'schedule = "@start";'))
+    d = Daemon(env, cfg)
+    tap.ok(d.wait_log(r"job endless: run 1 finished", timeout=TIMEOUT * 2),
+           "the run finishes")
+    tap.ok(d.count(r"job endless run 1 task 0 input=spew:\d+: ok") == 1,
+           "the task succeeds")
+    tap.ok(rss_kib(d.pid) < 64 * 1024, "the daemon stays small (%d KiB)"
+           % rss_kib(d.pid))
+    lines = d.count(r"job endless: worker \d+: ")
+    tap.ok(lines <= 3, "the endless line is logged once, not split %d times" % lines,
+           lines)
+    tap.ok(d.wait_log(r"more bytes of that line not logged"),
+           "and the log says how much was left out")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+main([test_endless_line, test_thread_mode_stuck, test_escapes_are_killed, test_escapes_killed_in_daemon, test_admin_kill,
       test_pkill_by_name, test_max_tasks_per_worker, test_max_rss, test_rlimits,
       test_env_and_cwd, test_user, test_output_capture, test_only_own_fds,
       test_comm_and_cmdline, test_daemon_death_takes_workers,
