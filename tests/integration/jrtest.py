@@ -26,6 +26,9 @@ JOBRUND = os.path.join(BUILDDIR, "jobrund")
 PLUGIN_SOURCES = [os.path.join(BUILDDIR, "plugins", ".libs"),
                   os.path.join(BUILDDIR, "tests", "plugins", ".libs")]
 
+# Built with --enable-sanitizers (ASan cannot run under an RLIMIT_AS).
+SANITIZERS = os.environ.get("JR_SANITIZERS") == "1"
+
 # Generous bounds: a loaded 2-core CI machine, possibly under sanitizers.
 TIMEOUT = float(os.environ.get("JR_TEST_TIMEOUT", "60"))
 
@@ -50,6 +53,11 @@ class Tap:
 
     def eq(self, got, want, name):
         return self.ok(got == want, name, "got:  %r\nwant: %r" % (got, want))
+
+    def skip(self, name, reason):
+        self.n += 1
+        print("ok %d - %s # SKIP %s" % (self.n, name, reason))
+        sys.stdout.flush()
 
     def diag(self, msg):
         for line in str(msg).splitlines():
