@@ -617,8 +617,10 @@ int sup_kill(struct sup_pool *sp, int sig, void (*cb)(pid_t pid, void *arg), voi
 void reaper_init(void);
 /* Reap adopted processes that exited; kill those whose worker is gone. */
 void reaper_scan(void);
-/* Kill JOB's adopted processes (its last run ended). */
-void reaper_kill_job(const char *job);
+/* Kill the adopted processes whose JOBRUND_WORKER tag MATCH accepts
+ * (NULL: all), logging WHY. */
+void reaper_kill_matching(bool (*match)(const char *worker_tag, void *arg),
+			  void *arg, const char *why);
 /* Kill every adopted process (exit). */
 void reaper_kill_all(void);
 /* Adopted processes (not workers) still children of ours. */
@@ -777,12 +779,35 @@ void daemon_reload_async(void (*done)(bool ok, const struct errlist *errs, void 
 			 void *arg);
 
 /* ------------------------------------------------------------------ */
+/* ctlproto.c - the control protocol's request decoder (pure)          */
+/* ------------------------------------------------------------------ */
+struct json_t;          /* jansson's json_t */
+/* The next request line at the start of BUF (LEN bytes): 1 with LINELEN
+ * (without its '\n' and a '\r' before it) and USED (the bytes to drop,
+ * the '\n' included); 0 when no line is complete yet; -1 when the line is
+ * longer than CTL_MAX_REQUEST, complete or not (where the next request
+ * starts cannot be told). */
+int ctlproto_next_line(const char *buf, size_t len, size_t *linelen, size_t *used);
+/* Whether a request line holds only blanks (it is then ignored). */
+bool ctlproto_blank(const char *line, size_t len);
+/* Decode one request line: 0 with *REQ (the JSON object; the caller
+ * decrefs it) and *CMD (its command name, valid while *REQ lives), or
+ * CTLPROTO_MALFORMED (not a JSON object) or CTLPROTO_INVALID (no or the
+ * wrong protocol version, no command) with ERR saying why, in the words
+ * the reply uses.  Which commands exist is ctl.c's business. */
+#define CTLPROTO_MALFORMED (-1)
+#define CTLPROTO_INVALID (-2)
+int ctlproto_parse(const char *line, size_t len, struct json_t **req,
+		   const char **cmd, char *err, size_t errlen);
+
+/* ------------------------------------------------------------------ */
 /* ctl.c - the control socket, jobrunctl's other end                    */
 /* ------------------------------------------------------------------ */
 /* The control protocol (line-delimited JSON, described in ctl.c): bump
  * the version when the messages change. */
 #define CTL_PROTO_VERSION 1
 #define CTL_MAX_REQUEST (64 * 1024)     /* bytes in one request line */
+
 /* Create the socket at CFG's control_socket, with its directory, group
  * and mode.  A live socket (another jobrund) is an error; a stale one is
  * replaced.  Reports its errors itself (log and stderr).  Before any

@@ -13,8 +13,8 @@
  * children inherit their parent's environment.  The rules:
  *   - an adopted process that has exited is reaped (no zombies);
  *   - one whose worker is gone is killed (its tasks are over);
- *   - when a job's last active run ends, its adopted processes are killed
- *     (no process of a job outlives its run);
+ *   - when a job's last active run ends, the adopted processes of its
+ *     workers are killed (no process of a job outlives its run);
  *   - at exit every adopted process is killed.
  * An adopted process whose environment cannot be read (it cleared it, or
  * switched user) is only killed at exit, and said so in the log.
@@ -198,30 +198,39 @@ reaper_scan(void)
 	for_each_adoptee(scan_one, NULL);
 }
 
+struct kill_match {
+	bool (*match)(const char *worker_tag, void *arg);
+	void *arg;
+	const char *why;
+};
+
 static void
-kill_job_one(struct adoptee *a, void *arg)
+kill_matching_one(struct adoptee *a, void *arg)
 {
-	const char *job = arg;
+	struct kill_match *km = arg;
 
 	if (a->state == 'Z' || a->state == 'X') {
 		reap(a);
 		return;
 	}
 	read_tags(a);
-	if (job == NULL || strcmp(a->job, job) == 0)
-		kill_adoptee(a, job ? "its job's run has ended" : "jobrund is stopping");
+	if (km->match == NULL || (a->worker[0] && km->match(a->worker, km->arg)))
+		kill_adoptee(a, km->why);
 }
 
 void
-reaper_kill_job(const char *job)
+reaper_kill_matching(bool (*match)(const char *worker_tag, void *arg), void *arg,
+		     const char *why)
 {
-	for_each_adoptee(kill_job_one, (void *)(uintptr_t)job);
+	struct kill_match km = { match, arg, why };
+
+	for_each_adoptee(kill_matching_one, &km);
 }
 
 void
 reaper_kill_all(void)
 {
-	for_each_adoptee(kill_job_one, NULL);
+	reaper_kill_matching(NULL, NULL, "jobrund is stopping");
 }
 
 static void

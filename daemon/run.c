@@ -370,6 +370,11 @@ run_finish(struct run *run)
 	for (pp = &rt->runs; *pp != run; pp = &(*pp)->next)
 		;
 	*pp = run->next;
+	/* No process of a job outlives its run: when this was the job's last
+	 * active run, kill what its tasks left behind — before the hooks,
+	 * which may start the next run (overlap = queue or replace). */
+	if (rt->nruns == 1 && rt->sup)
+		sup_run_ended(rt->sup);
 	log_msg(run->nfailed ? LOG_NOTICE : LOG_INFO,
 		"job %s: run %" PRIu64 " finished in %.3fs: %zu ok, %zu not ok%s",
 		rt->def->name, run->id, wall, run->ntasks - run->nfailed, run->nfailed,
@@ -389,11 +394,6 @@ run_finish(struct run *run)
 		hooks.run_done(rt, run->id, run->ntasks, run->nfailed, wall, hooks.arg);
 	notify_run_done(run, wall);
 	rt->nruns--;
-	/* No process of a job outlives its run. */
-	if (rt->nruns == 0 && rt->sup) {
-		sup_run_ended(rt->sup);
-		reaper_kill_job(rt->def->name);
-	}
 	for (size_t i = 0; i < run->ntasks; i++)
 		result_clear(&run->tasks[i].result);
 	free(run->tasks);

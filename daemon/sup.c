@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -47,6 +48,9 @@ extern char **environ;
 #define RESPAWN_DELAY_MIN 0.1
 #define RESPAWN_DELAY_MAX 5.0
 #define STARTUP_FAILURES_MAX 5          /* then queued tasks fail */
+#define STARTUP_TIMEOUT 60.0            /* seconds to READY, then killed */
+#define SOCKET_LOST_GRACE 1.0           /* a dying worker's socket closes
+					   a moment before its exit shows */
 
 enum wstate { W_STARTING, W_IDLE, W_BUSY };
 
@@ -66,6 +70,9 @@ struct worker {
 	int escalation;                 /* 0 none, 1 asked, 2 SIGTERM, 3 SIGKILL */
 	bool timed_out, cancelled, stopping;
 	bool hard_stop;                 /* shutdown: grace is shutdown_grace */
+	bool gone;                      /* reaped: being torn down */
+	bool lost_socket;               /* its socket closed while it worked */
+	struct loop_timer *lost_timer;  /* from that EOF to its exit */
 	char *fail_msg;                 /* from a FAIL message */
 	int tasks_done;
 	unsigned long seq;              /* JOBRUND_WORKER tag: pid.seq */
@@ -240,6 +247,9 @@ worker_flush(struct worker *w)
 static void
 signal_group(struct worker *w, int sig)
 {
+	/* Once reaped, its pid and group id may belong to someone else. */
+	if (w->gone)
+		return;
 	/* The worker is our unreaped child, so its pid (= its process group
 	 * id) cannot have been recycled: we reap only after its pidfd says
 	 * it exited, and we stop signalling then. */
@@ -286,6 +296,8 @@ deadline_passed(void *arg)
 	w->timed_out = true;
 	log_msg(LOG_NOTICE, "job %s: task %zu timed out after %gs",
 		w->pool->def->name, w->task->index, w->pool->def->timeout_s);
+	if (w->escalation >= 1)
+		return;         /* already being stopped: let that go on */
 	/* Straight to SIGTERM: the plugin saw the same deadline through
 	 * task_cancelled and had its chance to return. */
 	w->escalation = 1;
@@ -365,9 +377,14 @@ static void
 read_output(struct worker *w, bool drain)
 {
 	char buf[8192];
-	size_t total = 0;
+	size_t total = 0, limit = OUT_READ_MAX;
+	int avail;
 
-	while (drain || total < OUT_READ_MAX) {
+	/* Draining takes what is there now, not what a child still holding
+	 * the pipe goes on writing: the loop must not be held here. */
+	if (drain && ioctl(w->outfd, FIONREAD, &avail) == 0)
+		limit = (size_t)avail + 1;
+	while (total < limit) {
 		ssize_t n = read(w->outfd, buf, sizeof buf);
 		if (n <= 0) {
 			if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
@@ -541,6 +558,8 @@ handle_frame(struct worker *w, uint8_t type, const uint8_t *p, size_t len)
 			return;
 		}
 		w->state = W_IDLE;
+		loop_timer_remove(w->deadline_timer);
+		w->deadline_timer = NULL;
 		sp->startup_failures = 0;
 		log_debug("job %s: worker %d ready", sp->def->name, (int)w->pid);
 		return;
@@ -620,6 +639,24 @@ close_socket(struct worker *w)
 	w->sock_w = NULL;
 	close(w->sock);
 	w->sock = -1;
+	w->conn.fd = -1;        /* never write to a number now reused */
+}
+
+/* The worker's socket closed and it is still alive: it can never report
+ * (a plugin closed fd 3).  End it; worker_gone says why. */
+static void
+socket_lost(void *arg)
+{
+	struct worker *w = arg;
+
+	loop_timer_remove(w->lost_timer);
+	w->lost_timer = NULL;
+	if (w->gone)
+		return;
+	log_msg(LOG_ERR, "job %s: worker %d closed its connection but did not exit: "
+		"killing it", w->pool->def->name, (int)w->pid);
+	w->lost_socket = true;
+	signal_group(w, SIGKILL);
 }
 
 static void
@@ -634,8 +671,14 @@ on_socket(int fd, uint32_t events, void *arg)
 		worker_flush(w);
 	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
 		if (!read_socket(w)) {
-			/* EOF: the exit itself arrives through the pidfd. */
+			/* EOF: the exit itself arrives through the pidfd.  A
+			 * worker that closed its socket mid-task (a plugin that
+			 * closed fd 3) could never report: end it. */
 			close_socket(w);
+			if ((w->state == W_BUSY || w->state == W_STARTING) &&
+			    !w->stopping && !w->gone && w->lost_timer == NULL)
+				w->lost_timer = loop_timer_add(SOCKET_LOST_GRACE, 0,
+							       socket_lost, w);
 			return;
 		}
 	}
@@ -653,7 +696,13 @@ on_exit_event(int fd, uint32_t events, void *arg)
 	(void)events;
 	memset(&si, 0, sizeof si);
 	if (waitid(P_PIDFD, (id_t)fd, &si, WEXITED | WNOHANG) == -1) {
+		/* ECHILD: someone else reaped it (a thread-mode plugin calling
+		 * wait(-1)).  It is gone all the same; its status is lost. */
 		log_warn("job %s: waitid(pidfd of %d)", w->pool->def->name, (int)w->pid);
+		memset(&si, 0, sizeof si);
+		si.si_pid = w->pid;
+		si.si_code = 0;
+		worker_gone(w, &si);
 		return;
 	}
 	if (si.si_pid == 0)
@@ -662,6 +711,20 @@ on_exit_event(int fd, uint32_t events, void *arg)
 }
 
 /* --- spawning --------------------------------------------------------- */
+
+static void
+startup_expired(void *arg)
+{
+	struct worker *w = arg;
+
+	loop_timer_remove(w->deadline_timer);
+	w->deadline_timer = NULL;
+	if (w->state != W_STARTING)
+		return;
+	log_msg(LOG_ERR, "job %s: worker %d not ready after %gs (a plugin init that "
+		"hangs?): killing it", w->pool->def->name, (int)w->pid, STARTUP_TIMEOUT);
+	signal_group(w, SIGKILL);
+}
 
 /* Variables that speak to jobrund itself, never to its workers: systemd's
  * notification and watchdog sockets, socket activation, our own tags. */
@@ -822,6 +885,8 @@ spawn_worker(struct sup_pool *sp)
 	hello.cwd = sp->def->cwd;
 	proto_put_hello(&w->conn.out, &hello);
 	worker_flush(w);
+	/* A plugin whose init hangs must not hold the job's tasks for ever. */
+	w->deadline_timer = loop_timer_add(STARTUP_TIMEOUT, 0, startup_expired, w);
 	log_debug("job %s: started worker %d", sp->def->name, (int)pid);
 	return 0;
 
@@ -862,7 +927,8 @@ dispatch(struct sup_pool *sp)
 		struct worker *w, *idle = NULL;
 
 		for (w = sp->workers; w; w = w->next)
-			if (w->state == W_IDLE && !w->stopping && w->sock != -1)
+			if (w->state == W_IDLE && !w->stopping && !w->gone &&
+			    w->sock != -1)
 				idle = w;
 		if (idle) {
 			send_task(idle, queue_pop(sp));
@@ -920,6 +986,8 @@ describe_exit(const siginfo_t *si)
 {
 	if (si->si_code == CLD_EXITED)
 		return xasprintf("exited with status %d", si->si_status);
+	if (si->si_code != CLD_KILLED && si->si_code != CLD_DUMPED)
+		return xstrdup("ended (its exit status was lost)");
 	return xasprintf("killed by SIG%s%s",
 			 sigabbrev_np(si->si_status) ? sigabbrev_np(si->si_status) : "?",
 			 si->si_code == CLD_DUMPED ? " (core dumped)" : "");
@@ -954,18 +1022,35 @@ worker_gone(struct worker *w, const siginfo_t *si)
 	struct worker **pp;
 	struct task *t;
 	char *how = describe_exit(si);
-	bool by_signal = si->si_code != CLD_EXITED;
+	bool by_signal = si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED;
 
-	/* Whatever it said before dying is still in the socket and pipe. */
+	/* Whatever it said before dying is still in the socket and pipe.
+	 * Marked gone first: a result read now may start more work, which
+	 * must not be handed to this worker. */
+	w->gone = true;
 	if (w->sock != -1)
 		read_socket(w);
-	if (w->outfd != -1)
+	if (w->outfd != -1) {
 		read_output(w, true);
+		/* A child of the worker may still hold the pipe open: it
+		 * is not ours to read any more. */
+		if (w->line_skipped)
+			log_skipped(w);
+		else if (w->linelen)
+			log_output_line(w);
+		if (w->outfd != -1) {
+			loop_remove(w->out_w);
+			w->out_w = NULL;
+			close(w->outfd);
+			w->outfd = -1;
+		}
+	}
 	close_socket(w);
 	loop_remove(w->pid_w);
 	close(w->pidfd);
 	loop_timer_remove(w->deadline_timer);
 	loop_timer_remove(w->escalate_timer);
+	loop_timer_remove(w->lost_timer);
 	for (pp = &sp->workers; *pp != w; pp = &(*pp)->next)
 		;
 	*pp = w->next;
@@ -983,7 +1068,7 @@ worker_gone(struct worker *w, const siginfo_t *si)
 		struct task_result *r = &t->result;
 		r->pid = w->pid;
 		r->signal = by_signal ? si->si_status : 0;
-		r->exit_code = by_signal ? -1 : si->si_status;
+		r->exit_code = si->si_code == CLD_EXITED ? si->si_status : -1;
 		r->core_dumped = si->si_code == CLD_DUMPED;
 		if (r->started.tv_sec == 0)
 			clock_gettime(CLOCK_REALTIME, &r->started);
@@ -992,6 +1077,10 @@ worker_gone(struct worker *w, const siginfo_t *si)
 			r->status = TASK_TIMEOUT;
 			r->error = xasprintf("timed out after %gs; worker %s",
 					     sp->def->timeout_s, how);
+		} else if (w->lost_socket) {
+			r->status = TASK_CRASHED;
+			r->error = xasprintf("worker closed its connection to jobrund "
+					     "during the task and was killed; worker %s", how);
 		} else if (w->cancelled || w->stopping) {
 			r->status = TASK_CANCELLED;
 			r->error = xasprintf("cancelled; worker %s", how);
@@ -1089,8 +1178,19 @@ sup_cancel(struct sup_pool *sp, struct task *t, bool now)
 		escalate(w);
 		return;
 	}
-	if (w->cancelled)
+	if (w->cancelled || w->escalation >= 1) {
+		/* Already being stopped (a timeout, an earlier cancel): the
+		 * escalation under way will finish the job. */
+		w->cancelled = true;
 		return;
+	}
+	if (w->sock == -1) {
+		/* Nobody to ask: go straight to the signals. */
+		w->cancelled = true;
+		w->escalation = 1;
+		escalate(w);
+		return;
+	}
 	/* Ask first: a plugin that polls task_cancelled returns cleanly and
 	 * the worker lives on.  Escalate after kill_grace if it does not. */
 	struct msg_cancel m = { .id = w->task_id };
@@ -1168,40 +1268,83 @@ collect_descendants(pid_t pid, pid_t **list, size_t *n, size_t *cap, int depth)
 			pid_t child = (pid_t)atoi(tok);
 			if (child <= 0)
 				continue;
-			if (*n == *cap) {
+			if (*n + 2 > *cap) {
 				*cap = *cap ? *cap * 2 : 16;
 				*list = xrealloc(*list, *cap * sizeof **list);
 			}
+			/* Pairs: the child, and the parent it was seen under. */
 			(*list)[(*n)++] = child;
+			(*list)[(*n)++] = pid;
 			collect_descendants(child, list, n, cap, depth + 1);
 		}
 	}
 	closedir(dir);
 }
 
+/* PID's parent from /proc, or -1. */
+static pid_t
+parent_of(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	FILE *fp;
+	int ppid;
+
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	if ((fp = fopen(path, "re")) == NULL)
+		return -1;
+	p = fgets(buf, sizeof buf, fp);
+	fclose(fp);
+	if (p == NULL || (p = strrchr(buf, ')')) == NULL ||
+	    sscanf(p + 1, " %*c %d", &ppid) != 1)
+		return -1;
+	return (pid_t)ppid;
+}
+
+/* Is TAG ("<jobrund pid>.<n>") one of SP's live workers? */
+static bool
+tag_in_pool(const char *tag, void *arg)
+{
+	struct sup_pool *sp = arg;
+	char *dot;
+	long pid = strtol(tag, &dot, 10);
+
+	if (pid != (long)getpid() || *dot != '.')
+		return false;
+	unsigned long seq = strtoul(dot + 1, NULL, 10);
+	for (struct worker *w = sp->workers; w; w = w->next)
+		if (w->seq == seq)
+			return true;
+	return false;
+}
+
 void
 sup_run_ended(struct sup_pool *sp)
 {
+	/* What its workers' tasks set loose and we adopted. */
+	reaper_kill_matching(tag_in_pool, sp, "its job's run has ended");
 	for (struct worker *w = sp->workers; w; w = w->next) {
 		pid_t *list = NULL;
 		size_t n = 0, cap = 0;
 
-		if (w->state != W_IDLE || w->stopping)
+		if (w->state != W_IDLE || w->stopping || w->gone)
 			continue;
 		collect_descendants(w->pid, &list, &n, &cap, 0);
 		if (n == 0)
 			continue;
+		n /= 2;
 		log_msg(LOG_NOTICE, "job %s: worker %d left %zu process%s running after "
 			"the run: killing %s and replacing the worker", sp->def->name,
 			(int)w->pid, n, n == 1 ? "" : "es", n == 1 ? "it" : "them");
 		for (size_t i = 0; i < n; i++) {
-			/* Through a pidfd: a descendant that exited since the
-			 * walk may have had its pid reused by then. */
-			int fd = pidfd_open(list[i], 0);
-			if (fd != -1) {
+			/* Through a pidfd, checked to be still the process the
+			 * walk saw: one that exited since may have had its pid
+			 * reused. */
+			int fd = pidfd_open(list[2 * i], 0);
+			if (fd == -1)
+				continue;
+			if (parent_of(list[2 * i]) == list[2 * i + 1])
 				pidfd_send_signal(fd, SIGKILL, NULL, 0);
-				close(fd);
-			}
+			close(fd);
 		}
 		free(list);
 		/* Its killed children are its zombies: once it exits they

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <grp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,8 @@
 
 static struct pconn conn;
 static struct pbuf sendbuf;
+/* Guards sendbuf: a plugin may log from threads of its own. */
+static pthread_mutex_t send_lock = PTHREAD_MUTEX_INITIALIZER;
 static const char *job_name = "?";
 
 /* The current task, for cancellation checks. */
@@ -87,8 +90,10 @@ log_to_daemon(int priority, const char *job, const char *text)
 	struct msg_log m = { .priority = priority, .text = text };
 
 	(void)job;
+	pthread_mutex_lock(&send_lock);
 	proto_put_log(&sendbuf, &m);
 	send_frames();
+	pthread_mutex_unlock(&send_lock);
 }
 
 /* Handle one frame that arrived while a task runs (or between tasks). */
@@ -116,16 +121,22 @@ worker_cancel_check(struct jr_task *t)
 	const uint8_t *p;
 	size_t len;
 
+	int rc;
+
 	(void)t;
 	if (current_cancelled || daemon_gone)
 		return 1;
+	/* A CANCEL may have come in the same read as its TASK. */
+	while ((rc = pconn_next(&conn, &type, &p, &len)) == 1)
+		handle_async_frame(type, p, len);
+	if (rc == -1)
+		worker_exit(1);
 	while (poll(&pfd, 1, 0) == 1) {
 		ssize_t n = pconn_read(&conn);
 		if (n <= 0) {
 			daemon_gone = true;
 			return 1;
 		}
-		int rc;
 		while ((rc = pconn_next(&conn, &type, &p, &len)) == 1)
 			handle_async_frame(type, p, len);
 		if (rc == -1)
@@ -247,8 +258,10 @@ run_one(const struct jr_plugin *pl, void *state, const struct msg_task *mt)
 	mr.started_nsec = (int32_t)r.started.tv_nsec;
 	mr.wall_s = r.wall_s;
 	mr.cpu_s = r.cpu_s;
+	pthread_mutex_lock(&send_lock);
 	proto_put_result(&sendbuf, &mr);
 	send_frames();
+	pthread_mutex_unlock(&send_lock);
 	result_clear(&r);
 	host_task_release(&t);
 	if (daemon_gone)
