@@ -271,6 +271,10 @@ def test_hygiene_many_lifetimes(tap, env):
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            text=True, timeout=TIMEOUT * 5)
         tap.eq(p.returncode, 0, "run %d: %d worker lifetimes, all ok" % (run, n))
+        # The log may lag behind by a pipe-full: its own end-of-run line
+        # says when all of the run's lines have been read.
+        tap.ok(d.wait_log(r"job life: run %d finished in [0-9.]+s: %d ok, 0 not ok"
+                          % (run, n)), "run %d: logged as %d ok" % (run, n))
         # Gone means reaped: a worker's descriptors close as it is reaped.
         tap.ok(wait_for(lambda: not children_of(d.pid)), "run %d: workers gone" % run)
         counts.append(fd_count(d.pid))
