@@ -54,7 +54,7 @@ struct cfg_file {
 	const char *name;       /* as libconfig records it; NULL: main file */
 	char *path;             /* for reading it and for messages */
 	struct int_lit *lits;   /* its integer literals, in order */
-	size_t nlits, next;
+	size_t nlits, litcap, next;
 	bool lexed;
 };
 
@@ -279,8 +279,14 @@ lex_ints(struct cfg_file *f, const char *src)
 			if (is_int) {
 				struct int_lit *l;
 
-				f->lits = xrealloc(f->lits,
-				    (f->nlits + 1) * sizeof *f->lits);
+				/* Doubling: a 10,000-job file has 100,000
+				 * literals, and growing by one each is
+				 * quadratic wherever realloc copies. */
+				if (f->nlits == f->litcap) {
+					f->litcap = f->litcap ? 2 * f->litcap : 64;
+					f->lits = xrealloc(f->lits,
+					    f->litcap * sizeof *f->lits);
+				}
 				l = &f->lits[f->nlits++];
 				l->text = xmalloc(n + 1);
 				memcpy(l->text, p, n);

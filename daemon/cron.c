@@ -908,7 +908,9 @@ tz_read_file(struct tz *z, const char *path, int64_t y0, int64_t y1)
 	ssize_t r;
 	int fd, rc = -1;
 
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+	/* O_NONBLOCK: a FIFO (or a device) named as a zone must not hang
+	 * the caller in open(); it is then refused as not a regular file. */
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)) == -1)
 		return -1;
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
 	    st.st_size > TZ_FILE_MAX || st.st_size < 44)

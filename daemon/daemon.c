@@ -118,10 +118,13 @@ gen_collect(void *arg)
 			waiting = true;
 			break;
 		}
+		double t0 = mono_now();
+
 		*pp = g->next;
-		log_debug("an old configuration of %s freed", g->cfg->file);
 		cfg_free(g->cfg);
 		free(g);
+		log_debug("an old configuration of %s freed in %.1f ms", d.file,
+			  (mono_now() - t0) * 1000);
 	}
 	if (waiting)
 		d.gc_timer = loop_timer_add(0.1, 0, gen_collect, NULL);

@@ -31,7 +31,8 @@
  * which copy the WAL back into the database: the main connection never
  * checkpoints (wal_autocheckpoint = 0); a checkpointer thread with its own
  * connection does, passively (never blocking the writer), when the WAL
- * has grown past CHECKPOINT_PAGES.  The main thread's writes are thus
+ * has grown past CHECKPOINT_PAGES.  That connection opens its files at
+ * start-up, so the daemon's descriptors do not change afterwards.  The main thread's writes are thus
  * small appends to the page cache, tens of microseconds each; each write
  * is timed, and one slower than SLOW_WRITE_MS is logged.  Reads (the
  * control socket's `history`) share the main connection and see every
@@ -163,10 +164,10 @@ static const char *const run_status_names[] = {
 struct checkpointer {
 	pthread_t thread;
 	bool started;
+	sqlite3 *db;                    /* its own connection: the thread's */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	bool wanted, quit;              /* guarded by lock */
-	char *path;
 };
 
 static struct {
@@ -361,18 +362,9 @@ static void *
 checkpointer_main(void *arg)
 {
 	struct checkpointer *c = arg;
-	sqlite3 *db = NULL;
+	sqlite3 *db = c->db;
 	int rc;
 
-	rc = sqlite3_open_v2(c->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-			     NULL);
-	if (rc != SQLITE_OK) {
-		log_msg(LOG_WARNING, "history: checkpointer cannot open %s: %s: the WAL "
-			"is copied back only at exit", c->path, sqlite3_errstr(rc));
-		sqlite3_close(db);
-		return NULL;
-	}
-	sqlite3_busy_timeout(db, 1000);
 	pthread_mutex_lock(&c->lock);
 	for (;;) {
 		while (!c->wanted && !c->quit)
@@ -388,7 +380,6 @@ checkpointer_main(void *arg)
 		pthread_mutex_lock(&c->lock);
 	}
 	pthread_mutex_unlock(&c->lock);
-	sqlite3_close(db);
 	return NULL;
 }
 
@@ -415,19 +406,42 @@ checkpointer_start(void)
 	struct checkpointer *c = &h.ckpt;
 	int rc;
 
-	c->path = xstrdup(h.path);
+	/*
+	 * Its connection is opened here and used once (a checkpoint of the
+	 * WAL, empty at start-up), so that every file it needs is open
+	 * before the daemon serves anything: its descriptors never change
+	 * afterwards.  Then the thread owns it (SQLITE_OPEN_NOMUTEX: one
+	 * thread at a time).
+	 */
 	c->wanted = c->quit = false;
+	rc = sqlite3_open_v2(h.path, &c->db, SQLITE_OPEN_READWRITE |
+			     SQLITE_OPEN_NOMUTEX, NULL);
+	if (rc == SQLITE_OK) {
+		sqlite3_busy_timeout(c->db, 1000);
+		rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+					       NULL, NULL);
+		if (rc == SQLITE_BUSY)
+			rc = SQLITE_OK;
+	}
+	if (rc != SQLITE_OK) {
+		log_msg(LOG_WARNING, "history: checkpointer: %s: the WAL is copied back "
+			"only at exit", sqlite3_errstr(rc));
+		goto fail;
+	}
 	/* The thread inherits the main thread's mask: no signal reaches it. */
 	rc = pthread_create(&c->thread, NULL, checkpointer_main, c);
 	if (rc != 0) {
 		log_msg(LOG_WARNING, "history: cannot start the checkpointer: %s: the "
 			"WAL is copied back only at exit", strerror(rc));
-		free(c->path);
-		c->path = NULL;
-		return;
+		goto fail;
 	}
 	c->started = true;
 	sqlite3_wal_hook(h.db, wal_hook, c);
+	return;
+
+fail:
+	sqlite3_close(c->db);
+	c->db = NULL;
 }
 
 static void
@@ -444,8 +458,8 @@ checkpointer_stop(void)
 	pthread_mutex_unlock(&c->lock);
 	pthread_join(c->thread, NULL);
 	c->started = false;
-	free(c->path);
-	c->path = NULL;
+	sqlite3_close(c->db);
+	c->db = NULL;
 }
 
 /* ------------------------------------------------------------------ */

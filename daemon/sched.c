@@ -626,6 +626,8 @@ mono_fired(void *arg)
 
 	loop_timer_remove(hp->timer);
 	hp->timer = NULL;
+	/* The runs' starts go to the history in one transaction. */
+	history_batch_begin();
 	/* A millisecond early is due: timerfds and mono_now() round apart. */
 	while (hp->n > 0 && hp->v[0]->due <= now + 0.001 && n++ < FIRE_BATCH && !s.stopping) {
 		struct sched_job *e = hp->v[0];
@@ -645,6 +647,7 @@ mono_fired(void *arg)
 			fire(e, "start");
 		}
 	}
+	history_batch_end();
 	heap_arm(hp);
 }
 
@@ -659,8 +662,10 @@ wall_fired(void *arg)
 	loop_timer_remove(hp->timer);
 	hp->timer = NULL;
 	s.wall_offset = offset;
+	history_batch_begin();
+	/* Set, or the system slept (the monotonic clock does not run then). */
 	if (fabs(jump) >= 1.0) {
-		log_msg(LOG_NOTICE, "the wall clock jumped %s by %.0fs: cron schedules "
+		log_msg(LOG_NOTICE, "the wall clock moved %s by %.0fs: cron schedules "
 			"%s", jump > 0 ? "forward" : "back", fabs(jump),
 			jump > 0 ? "skipped by the jump run once" :
 			jump < -BACK_JUMP_RESET ? "start again from the new time" :
@@ -689,6 +694,7 @@ wall_fired(void *arg)
 		/* From now: the times a forward jump skipped are not run. */
 		cron_arm(e, now > e->last_fire ? now : e->last_fire);
 	}
+	history_batch_end();
 	heap_arm(hp);
 }
 
