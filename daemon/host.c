@@ -480,6 +480,12 @@ host_run_task(const struct jr_plugin *pl, void *state, struct jr_task *t,
 		rc = -rc;
 
 	free(r->output);
+	/* Results are kept until their run ends: do not keep the slack of
+	 * the growing buffer with each of them. */
+	if (t->out && t->out_cap > t->out_len + 1) {
+		t->out = xrealloc(t->out, t->out_len + 1);
+		t->out_cap = t->out_len + 1;
+	}
 	r->output = t->out ? t->out : xstrdup("");
 	r->output_len = t->out_len;
 	t->out = NULL;

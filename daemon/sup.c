@@ -383,7 +383,7 @@ read_output(struct worker *w, bool drain)
 	/* Draining takes what is there now, not what a child still holding
 	 * the pipe goes on writing: the loop must not be held here. */
 	if (drain && ioctl(w->outfd, FIONREAD, &avail) == 0)
-		limit = (size_t)avail + 1;
+		limit = (size_t)avail;  /* 0: nothing to read, no read(2) */
 	while (total < limit) {
 		ssize_t n = read(w->outfd, buf, sizeof buf);
 		if (n <= 0) {

@@ -140,7 +140,7 @@ thread_main(void *arg)
 		struct task *t;
 		struct task_result res;
 		char *input;
-		bool abandoned;
+		bool abandoned, wake;
 
 		pthread_mutex_lock(&tp->lock);
 		while (tp->head == NULL && !tp->stopping)
@@ -205,13 +205,18 @@ thread_main(void *arg)
 			continue;
 		}
 		pthread_mutex_lock(&done_lock);
+		wake = done_head == NULL;
 		if (done_tail)
 			done_tail->next = t;
 		else
 			done_head = t;
 		done_tail = t;
 		pthread_mutex_unlock(&done_lock);
-		ring();
+		/* The main thread takes the whole list at once: only the first
+		 * finisher after a take needs to wake it (one write per batch,
+		 * not per task). */
+		if (wake)
+			ring();
 	}
 }
 
