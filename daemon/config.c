@@ -1858,10 +1858,17 @@ cfg_load(const char *file, struct errlist *errs)
 	 * have no file name, those of @include files their own. */
 	if (config_read(&cfg->tree, fp) == CONFIG_FALSE) {
 		const char *efile = config_error_file(&cfg->tree);
+		const char *etext = config_error_text(&cfg->tree);
 
-		errlist_add(errs, "%s:%d: %s", file_get(&ctx, efile)->path,
-			    config_error_line(&cfg->tree),
-			    config_error_text(&cfg->tree));
+		if (etext == NULL)
+			etext = "cannot be read";
+		/* libconfig's parser says "memory exhausted" when its stack
+		 * of about 10,000 symbols is full: groups or lists nested
+		 * some 2,000 to 3,000 deep. */
+		errlist_add(errs, "%s:%d: %s%s", file_get(&ctx, efile)->path,
+			    config_error_line(&cfg->tree), etext,
+			    strcmp(etext, "memory exhausted") == 0 ?
+			    " (nesting too deep for libconfig's parser)" : "");
 		fclose(fp);
 		goto fail;
 	}

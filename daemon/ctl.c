@@ -50,7 +50,8 @@
  * after another; they are answered in order.  A malformed request is
  * answered with an error and the connection goes on; an oversized one is
  * answered with an error and the connection is closed (the rest of the
- * line cannot be told from the next request).
+ * line cannot be told from the next request).  Cutting the input into
+ * lines and decoding a request is ctlproto.c's: pure functions, fuzzed.
  *
  * Serving.  Everything runs in the main loop and nothing blocks it: the
  * listening socket and the clients are non-blocking, each client has its
@@ -1512,39 +1513,20 @@ static void
 ctl_handle(struct ctl_client *c, const char *line, size_t len)
 {
 	const struct ctl_cmd *cmd = NULL;
-	json_error_t jerr;
 	enum ctl_access access;
 	struct ucred uc;
 	const char *name;
-	json_t *req, *v;
+	char err[512];
+	json_t *req;
+	int rc;
 
 	c->active = mono_now();
-	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
-	if (req == NULL || !json_is_object(req)) {
-		log_msg(LOG_NOTICE, "control: client %lu (uid %ld): malformed request",
-			c->id, (long)c->uid);
-		if (req == NULL)
-			ctl_reply_err(c, NULL, "malformed request: %s (column %d)",
-				      jerr.text, jerr.column);
-		else
-			ctl_reply_err(c, NULL, "malformed request: not a JSON object");
-		json_decref(req);
-		return;
-	}
-	v = json_object_get(req, "v");
-	if (!json_is_integer(v) || json_integer_value(v) != CTL_PROTO_VERSION) {
-		if (json_is_integer(v))
-			ctl_reply_err(c, NULL, "protocol version %" JSON_INTEGER_FORMAT " is not "
-				      "supported: this jobrund speaks version %d",
-				      json_integer_value(v), CTL_PROTO_VERSION);
-		else
-			ctl_reply_err(c, NULL, "malformed request: no protocol version (\"v\")");
-		json_decref(req);
-		return;
-	}
-	if ((name = json_string_value(json_object_get(req, "cmd"))) == NULL) {
-		ctl_reply_err(c, NULL, "malformed request: no command (\"cmd\")");
-		json_decref(req);
+	rc = ctlproto_parse(line, len, &req, &name, err, sizeof err);
+	if (rc != 0) {
+		if (rc == CTLPROTO_MALFORMED)
+			log_msg(LOG_NOTICE, "control: client %lu (uid %ld): malformed "
+				"request", c->id, (long)c->uid);
+		ctl_reply_err(c, NULL, "%s", err);
 		return;
 	}
 	for (size_t i = 0; i < sizeof ctl_cmds / sizeof ctl_cmds[0]; i++)
@@ -1581,42 +1563,27 @@ ctl_process_input(struct ctl_client *c)
 {
 	c->dispatching = true;
 	while (!c->dead && c->waiter == NULL && !c->closing) {
-		char *nl = memchr(c->in, '\n', c->inlen);
-		size_t len;
+		size_t len, used;
+		int rc = ctlproto_next_line(c->in, c->inlen, &len, &used);
 
-		if (nl == NULL) {
-			if (c->inlen > CTL_MAX_REQUEST) {
-				log_msg(LOG_WARNING, "control: client %lu (uid %ld): request "
-					"longer than %d bytes: closing", c->id, (long)c->uid,
-					CTL_MAX_REQUEST);
-				ctl_reply_err(c, NULL, "request too large (more than %d bytes)",
-					      CTL_MAX_REQUEST);
-				c->inlen = 0;
-				c->closing = true;
-			}
+		if (rc == 0)
 			break;
-		}
-		len = (size_t)(nl - c->in);
-		if (len > CTL_MAX_REQUEST) {
-			/* Complete, but too long all the same. */
-			c->inlen = 0;
+		if (rc == -1) {
 			log_msg(LOG_WARNING, "control: client %lu (uid %ld): request "
 				"longer than %d bytes: closing", c->id, (long)c->uid,
 				CTL_MAX_REQUEST);
 			ctl_reply_err(c, NULL, "request too large (more than %d bytes)",
 				      CTL_MAX_REQUEST);
+			c->inlen = 0;
 			c->closing = true;
 			break;
 		}
-		*nl = '\0';
-		if (len > 0 && c->in[len - 1] == '\r')
-			len--;
-		if (strspn(c->in, " \t\r") < len)
+		if (!ctlproto_blank(c->in, len))
 			ctl_handle(c, c->in, len);
 		if (c->dead)
 			break;
-		c->inlen -= (size_t)(nl + 1 - c->in);
-		memmove(c->in, nl + 1, c->inlen);
+		c->inlen -= used;
+		memmove(c->in, c->in + used, c->inlen);
 	}
 	c->dispatching = false;
 	if (!c->dead)

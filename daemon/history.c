@@ -418,8 +418,14 @@ checkpointer_start(void)
 			     SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc == SQLITE_OK) {
 		sqlite3_busy_timeout(c->db, 1000);
-		rc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
-					       NULL, NULL);
+		/* Read the database once: until a connection has, SQLite does
+		 * not know it is in WAL mode, and its checkpoints do nothing.
+		 * This also opens the -wal and -shm files now. */
+		rc = sqlite3_exec(c->db, "SELECT count(*) FROM sqlite_master", NULL,
+				  NULL, NULL);
+		if (rc == SQLITE_OK)
+			rc = sqlite3_wal_checkpoint_v2(c->db, NULL,
+						       SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
 		if (rc == SQLITE_BUSY)
 			rc = SQLITE_OK;
 	}

@@ -40,6 +40,7 @@ struct loop_timer {
 };
 
 static int epfd = -1;
+static int signal_fd = -1;      /* loop_signals' own */
 static bool stop_requested;
 static struct loop_watch *dead_watches;
 static struct loop_watch *live_watches;
@@ -63,6 +64,9 @@ loop_shutdown(void)
 		dead_watches = w->next_dead;
 		free(w);
 	}
+	if (signal_fd != -1)
+		close(signal_fd);
+	signal_fd = -1;
 	if (epfd != -1)
 		close(epfd);
 	epfd = -1;
@@ -304,4 +308,5 @@ loop_signals(void (*cb)(int signo, void *arg), void *arg)
 	sw.cb = cb;
 	sw.arg = arg;
 	loop_add(fd, EPOLLIN, signal_ready, &sw);
+	signal_fd = fd;
 }

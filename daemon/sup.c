@@ -75,6 +75,7 @@ struct worker {
 	struct loop_timer *lost_timer;  /* from that EOF to its exit */
 	char *fail_msg;                 /* from a FAIL message */
 	int tasks_done;
+	double task_sent;               /* mono_now() when its task was sent */
 	unsigned long seq;              /* JOBRUND_WORKER tag: pid.seq */
 	struct worker *next;            /* in its pool */
 	struct worker *all_prev, *all_next;     /* every live worker */
@@ -92,6 +93,7 @@ struct sup_pool {
 	int failures;                   /* consecutive worker deaths */
 	int startup_failures;           /* consecutive deaths before READY */
 	double next_spawn;              /* mono_now() time */
+	bool shortage_logged;           /* "cannot start more workers" said */
 	uint64_t last_task_id;
 };
 
@@ -320,6 +322,9 @@ send_task(struct worker *w, struct task *t)
 	w->escalation = 0;
 	t->exec_priv = w;
 	t->result.pid = w->pid;
+	/* What a task killed before it could report is dated from here. */
+	w->task_sent = mono_now();
+	clock_gettime(CLOCK_REALTIME, &t->result.started);
 	proto_put_task(&w->conn.out, &m);
 	worker_flush(w);
 	if (sp->def->timeout_s > 0)
@@ -957,12 +962,29 @@ dispatch(struct sup_pool *sp)
 			return;
 		}
 		if (spawn_worker(sp) == -1) {
+			int err = errno;
+			bool shortage = err == EMFILE || err == ENFILE ||
+					err == EAGAIN || err == ENOMEM;
+
+			if (shortage && serving > 0) {
+				/* Out of descriptors or processes for now: the
+				 * workers there are serve the queue, and the next
+				 * dispatch (as one finishes a task) tries again.
+				 * No timer: making one needs a descriptor too. */
+				if (!sp->shortage_logged)
+					log_msg(LOG_WARNING, "job %s: cannot start more "
+						"workers (%s): running on %d", sp->def->name,
+						strerror(err), serving);
+				sp->shortage_logged = true;
+				return;
+			}
 			char *why = xasprintf("cannot start a worker (%s): %s",
-					      sup_worker_path(), strerror(errno));
+					      sup_worker_path(), strerror(err));
 			fail_queue(sp, why);
 			free(why);
 			return;
 		}
+		sp->shortage_logged = false;
 	}
 }
 
@@ -1072,6 +1094,7 @@ worker_gone(struct worker *w, const siginfo_t *si)
 		r->core_dumped = si->si_code == CLD_DUMPED;
 		if (r->started.tv_sec == 0)
 			clock_gettime(CLOCK_REALTIME, &r->started);
+		r->wall_s = mono_now() - w->task_sent;
 		free(r->error);
 		if (w->timed_out) {
 			r->status = TASK_TIMEOUT;

@@ -2,8 +2,9 @@
 #
 # Sourced, never run.  Provides:
 #   JR_ROOT                the repository root (worked out from this file)
-#   ensure_packages        install the Debian packages the build needs, only
-#                          those missing (apt-get; sudo when not root)
+#   ensure_packages [PKGS] install the Debian packages the build needs (or
+#                          PKGS), only those missing (apt-get; sudo when
+#                          not root)
 #   ensure_built DIR ARGS  configure (VPATH, in DIR under the root) and build,
 #                          redoing only the steps that are out of date
 # Everything here is safe under `set -eu`.
@@ -13,6 +14,10 @@
 JR_PACKAGES="build-essential autoconf automake libtool pkg-config \
 libconfig-dev libjansson-dev libsqlite3-dev libcmocka-dev libsystemd-dev libcurl4-openssl-dev python3-dev \
 python3"
+
+# What `make fuzz` needs besides (.ci/run installs them): clang, libFuzzer
+# and the sanitizer runtimes of Debian 12's clang 14.
+JR_FUZZ_PACKAGES="clang libclang-rt-14-dev"
 
 JR_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -35,12 +40,12 @@ as_root() {
 }
 
 ensure_packages() {
-	local pkg missing=""
+	local pkg missing="" wanted=${1:-$JR_PACKAGES}
 	if ! command -v dpkg-query >/dev/null 2>&1; then
-		say "not a Debian system: make sure these are installed: $JR_PACKAGES"
+		say "not a Debian system: make sure these are installed: $wanted"
 		return 0
 	fi
-	for pkg in $JR_PACKAGES; do
+	for pkg in $wanted; do
 		case "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" in
 		*" installed") ;;
 		*) missing="$missing $pkg" ;;

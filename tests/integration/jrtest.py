@@ -32,6 +32,10 @@ SANITIZERS = os.environ.get("JR_SANITIZERS") == "1"
 # Generous bounds: a loaded 2-core CI machine, possibly under sanitizers.
 TIMEOUT = float(os.environ.get("JR_TEST_TIMEOUT", "60"))
 
+# A command put in front of every jobrund this test starts, e.g. valgrind
+# with its options (`make valgrind` sets it); split on blanks.
+WRAPPER = os.environ.get("JR_TEST_WRAPPER", "").split()
+
 
 class Tap:
     """A TAP producer: ok() per assertion, the plan at the end."""
@@ -145,8 +149,22 @@ _Popen = subprocess.Popen
 
 class _TrackedPopen(_Popen):
     def __init__(self, *args, **kwargs):
+        if WRAPPER:
+            args, kwargs = _wrapped(args, kwargs)
         super().__init__(*args, **kwargs)
         STARTED.add(self.pid)
+
+
+def _wrapped(args, kwargs):
+    """Popen's arguments with WRAPPER in front of a jobrund command."""
+    cmd = args[0] if args else kwargs.get("args")
+    if isinstance(cmd, (list, tuple)) and cmd and cmd[0] == JOBRUND:
+        cmd = WRAPPER + list(cmd)
+        if args:
+            args = (cmd,) + tuple(args[1:])
+        else:
+            kwargs = dict(kwargs, args=cmd)
+    return args, kwargs
 
 
 subprocess.Popen = _TrackedPopen

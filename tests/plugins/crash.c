@@ -10,13 +10,20 @@
  * child in its own session; "bg:MARK" a direct child in the worker's
  * group; "leak:N" keeps N MiB touched; "spew:N" writes N bytes to stdout
  * without a newline; "fds", "cwd", "id", "pid", "env:NAME" and
- * "rlimit:NAME" report what the worker process has.  Not thread-safe: it is
- * meant for process mode.
+ * "rlimit:NAME" report what the worker process has.  For the fault
+ * catalogue: "forkbomb" forks until fork fails, every child forking too,
+ * then reports how many children the worker made and why it stopped (the
+ * children wait to be killed); it refuses to start unless RLIMIT_NPROC
+ * binds it (a uid other than root, a limit of at most 256).  "fdleak:N"
+ * opens N descriptors it never closes and reports how many the worker
+ * has, or fails when it runs out.  Not thread-safe: it is meant for
+ * process mode.
  */
 #include "config.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -108,6 +115,56 @@ report(const struct jr_host *host, jr_task *task, const char *what)
 	return host->task_output(task, buf, strlen(buf)) == 0 ? 0 : EFBIG;
 }
 
+/* Descriptors this process has open. */
+static int
+count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+	int n = 0;
+
+	while (d && (de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.')
+			n++;
+	if (d)
+		closedir(d);
+	return n - 1;           /* not the directory's own */
+}
+
+/* A fork bomb that RLIMIT_NPROC stops: see the top of the file. */
+static int
+fork_bomb(const struct jr_host *host, jr_task *task)
+{
+	pid_t self = getpid();
+	struct rlimit rl;
+	char msg[128];
+	int made = 0, err;
+
+	if (getuid() == 0 || getrlimit(RLIMIT_NPROC, &rl) == -1 ||
+	    rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > 256) {
+		host->task_error(task, "forkbomb: refused without a binding "
+				 "RLIMIT_NPROC (not root, at most 256)");
+		return EPERM;
+	}
+	for (;;) {
+		pid_t pid = fork();
+
+		if (pid == 0) {
+			made = 0;       /* a child bombs on */
+			continue;
+		}
+		if (pid < 0)
+			break;
+		made++;
+	}
+	err = errno;
+	if (getpid() != self)
+		for (;;)
+			pause();
+	snprintf(msg, sizeof msg, "%d children, then fork: %s", made, strerror(err));
+	return host->task_output(task, msg, strlen(msg)) == 0 ? 0 : EFBIG;
+}
+
 static int
 crash_run(const struct jr_host *host, void *state, jr_task *task)
 {
@@ -160,6 +217,21 @@ crash_run(const struct jr_host *host, void *state, jr_task *task)
 		printf("noise from the plugin on stdout\n");
 		fflush(stdout);
 		fprintf(stderr, "noise from the plugin on stderr\n");
+	} else if (strcmp(in, "forkbomb") == 0) {
+		return fork_bomb(host, task);
+	} else if (strncmp(in, "fdleak:", 7) == 0) {
+		char msg[32];
+
+		for (int i = atoi(in + 7); i > 0; i--) {
+			if (open("/dev/null", O_RDONLY) == -1) {
+				int err = errno;
+
+				host->task_error(task, "open: %s", strerror(err));
+				return err;
+			}
+		}
+		snprintf(msg, sizeof msg, "%d", count_fds());
+		return host->task_output(task, msg, strlen(msg)) == 0 ? 0 : EFBIG;
 	} else if (strcmp(in, "spin") == 0) {
 		volatile unsigned long n = 0;
 

@@ -1,0 +1,229 @@
+/*
+ * fuzz_proto.c - libFuzzer target: the worker protocol's decoder, both
+ * ends' view of it: a byte stream cut into frames by pconn_read and
+ * pconn_next, each frame decoded by the proto_get_* of its type.
+ *
+ * The first input byte sets how many bytes at a time reach the reading
+ * end of a socketpair (1 to 256 times 64), so that frames arrive split at
+ * every place.  A frame that decodes is encoded again with proto_put_*;
+ * that frame must decode, and encode to the same bytes (the decoders
+ * accept only what the encoders write, up to a normalised flag).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "jobrund.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* FIRST is the encoding of a frame that decoded: decode it and encode it
+ * again; both encodings must be equal. */
+static void
+fuzz_roundtrip(uint8_t type, const struct pbuf *first)
+{
+	struct pbuf again = { 0 };
+	const uint8_t *payload;
+	uint32_t flen;
+	size_t len;
+
+	/* One whole frame: its length, then TYPE. */
+	if (first->len < 5)
+		abort();
+	payload = first->data + 5;
+	len = first->len - 5;
+	flen = (uint32_t)first->data[0] | (uint32_t)first->data[1] << 8 |
+	       (uint32_t)first->data[2] << 16 | (uint32_t)first->data[3] << 24;
+	if (flen != first->len - 4 || first->data[4] != type)
+		abort();
+	switch (type) {
+	case MSG_HELLO: {
+		struct msg_hello m;
+		if (proto_get_hello(payload, len, &m) == -1)
+			abort();
+		proto_put_hello(&again, &m);
+		proto_hello_free(&m);
+		break;
+	}
+	case MSG_READY: {
+		struct msg_ready m;
+		if (proto_get_ready(payload, len, &m) == -1)
+			abort();
+		proto_put_ready(&again, &m);
+		break;
+	}
+	case MSG_FAIL: {
+		struct msg_fail m;
+		if (proto_get_fail(payload, len, &m) == -1)
+			abort();
+		proto_put_fail(&again, &m);
+		proto_fail_free(&m);
+		break;
+	}
+	case MSG_TASK: {
+		struct msg_task m;
+		if (proto_get_task(payload, len, &m) == -1)
+			abort();
+		proto_put_task(&again, &m);
+		proto_task_free(&m);
+		break;
+	}
+	case MSG_CANCEL: {
+		struct msg_cancel m;
+		if (proto_get_cancel(payload, len, &m) == -1)
+			abort();
+		proto_put_cancel(&again, &m);
+		break;
+	}
+	case MSG_RESULT: {
+		struct msg_result m;
+		if (proto_get_result(payload, len, &m) == -1)
+			abort();
+		proto_put_result(&again, &m);
+		proto_result_free(&m);
+		break;
+	}
+	case MSG_LOG: {
+		struct msg_log m;
+		if (proto_get_log(payload, len, &m) == -1)
+			abort();
+		proto_put_log(&again, &m);
+		proto_log_free(&m);
+		break;
+	}
+	default:
+		abort();
+	}
+	if (again.len != first->len || memcmp(again.data, first->data, again.len) != 0)
+		abort();
+	pbuf_free(&again);
+}
+
+/* Decode one frame; when it is valid, check the round trip. */
+static void
+fuzz_frame(uint8_t type, const uint8_t *p, size_t len)
+{
+	struct pbuf b = { 0 };
+	bool ok = false;
+
+	switch (type) {
+	case MSG_HELLO: {
+		struct msg_hello m;
+		if ((ok = proto_get_hello(p, len, &m) == 0)) {
+			proto_put_hello(&b, &m);
+			proto_hello_free(&m);
+		}
+		break;
+	}
+	case MSG_READY: {
+		struct msg_ready m;
+		if ((ok = proto_get_ready(p, len, &m) == 0))
+			proto_put_ready(&b, &m);
+		break;
+	}
+	case MSG_FAIL: {
+		struct msg_fail m;
+		if ((ok = proto_get_fail(p, len, &m) == 0)) {
+			proto_put_fail(&b, &m);
+			proto_fail_free(&m);
+		}
+		break;
+	}
+	case MSG_TASK: {
+		struct msg_task m;
+		if ((ok = proto_get_task(p, len, &m) == 0)) {
+			proto_put_task(&b, &m);
+			proto_task_free(&m);
+		}
+		break;
+	}
+	case MSG_CANCEL: {
+		struct msg_cancel m;
+		if ((ok = proto_get_cancel(p, len, &m) == 0))
+			proto_put_cancel(&b, &m);
+		break;
+	}
+	case MSG_RESULT: {
+		struct msg_result m;
+		if ((ok = proto_get_result(p, len, &m) == 0)) {
+			proto_put_result(&b, &m);
+			proto_result_free(&m);
+		}
+		break;
+	}
+	case MSG_LOG: {
+		struct msg_log m;
+		if ((ok = proto_get_log(p, len, &m) == 0)) {
+			proto_put_log(&b, &m);
+			proto_log_free(&m);
+		}
+		break;
+	}
+	default:
+		return;         /* the daemon and the worker refuse it */
+	}
+	if (ok)
+		fuzz_roundtrip(type, &b);
+	pbuf_free(&b);
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct pconn c;
+	size_t chunk, off = 0;
+	bool corrupt = false;
+	int fds[2];
+
+	if (size < 1)
+		return 0;
+	chunk = ((size_t)data[0] + 1) * 64;
+	data++;
+	size--;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == -1)
+		abort();
+	fcntl(fds[0], F_SETFL, O_NONBLOCK);
+	fcntl(fds[1], F_SETFL, O_NONBLOCK);
+	pconn_init(&c, fds[1]);
+	if (size == 0)
+		shutdown(fds[0], SHUT_WR);
+	while (!corrupt) {
+		const uint8_t *payload;
+		uint8_t type;
+		size_t len;
+		ssize_t n;
+		int rc;
+
+		if (off < size) {
+			size_t k = size - off < chunk ? size - off : chunk;
+
+			if ((n = write(fds[0], data + off, k)) == -1 && errno != EAGAIN)
+				abort();
+			if (n > 0)
+				off += (size_t)n;
+			if (off == size)
+				shutdown(fds[0], SHUT_WR);
+		}
+		n = pconn_read(&c);
+		if (n == 0)
+			break;          /* EOF: what is left is a partial frame */
+		if (n < 0 && errno != EAGAIN)
+			abort();
+		while ((rc = pconn_next(&c, &type, &payload, &len)) == 1)
+			fuzz_frame(type, payload, len);
+		if (rc == -1) {
+			if (errno != EPROTO && errno != EMSGSIZE)
+				abort();
+			corrupt = true;
+		}
+	}
+	pconn_free(&c);
+	close(fds[0]);
+	close(fds[1]);
+	return 0;
+}
