@@ -56,6 +56,7 @@ struct cfg_file {
 	struct int_lit *lits;   /* its integer literals, in order */
 	size_t nlits, litcap, next;
 	bool lexed;
+	bool checked;           /* an @include: its owner and mode checked */
 };
 
 /* An integer setting whose literal does not fit 64 bits. */
@@ -1770,8 +1771,31 @@ file_dir(const char *file)
 	return dir;
 }
 
-/* Open FILE for reading, refusing what others could have written: it
- * says which plugins and commands run with the daemon's privileges. */
+/* Whether a config file with status ST may be trusted: 0, or -1 with why
+ * not added to ERRS.  It says which plugins and commands run with the
+ * daemon's privileges, so only root or the daemon's user may write it. */
+static int
+file_trusted(struct cfg_ctx *ctx, const char *file, const struct stat *st)
+{
+	if (!S_ISREG(st->st_mode)) {
+		errlist_add(ctx->errs, "%s: not a regular file", file);
+		return -1;
+	}
+	if (st->st_uid != 0 && st->st_uid != geteuid()) {
+		errlist_add(ctx->errs, "%s: owned by uid %lu, expected root or "
+			    "uid %lu", file, (unsigned long)st->st_uid,
+			    (unsigned long)geteuid());
+		return -1;
+	}
+	if (st->st_mode & S_IWOTH) {
+		errlist_add(ctx->errs, "%s: writable by others (chmod o-w)",
+			    file);
+		return -1;
+	}
+	return 0;
+}
+
+/* Open FILE for reading, refusing what others could have written. */
 static FILE *
 cfg_open(struct cfg_ctx *ctx, const char *file)
 {
@@ -1786,26 +1810,44 @@ cfg_open(struct cfg_ctx *ctx, const char *file)
 		errlist_add(ctx->errs, "%s: %s", file, strerror(errno));
 		goto fail;
 	}
-	if (!S_ISREG(st.st_mode)) {
-		errlist_add(ctx->errs, "%s: not a regular file", file);
+	if (file_trusted(ctx, file, &st) == -1)
 		goto fail;
-	}
-	if (st.st_uid != 0 && st.st_uid != geteuid()) {
-		errlist_add(ctx->errs, "%s: owned by uid %lu, expected root or "
-			    "uid %lu", file, (unsigned long)st.st_uid,
-			    (unsigned long)geteuid());
-		goto fail;
-	}
-	if (st.st_mode & S_IWOTH) {
-		errlist_add(ctx->errs, "%s: writable by others (chmod o-w)",
-			    file);
-		goto fail;
-	}
 	return fp;
 
 fail:
 	fclose(fp);
 	return NULL;
+}
+
+/*
+ * The files S and what it holds came from (libconfig opened the @include
+ * ones itself) must pass the main file's checks too: an @include writable
+ * by others is a config writable by others.  An included file that
+ * defines nothing has no say, and is not looked at.
+ */
+static void
+includes_check(struct cfg_ctx *ctx, const config_setting_t *s)
+{
+	const char *name = config_setting_source_file(s);
+	int n;
+
+	if (name != NULL) {
+		struct cfg_file *f = file_get(ctx, name);
+		struct stat st;
+
+		if (!f->checked) {
+			f->checked = true;
+			if (stat(f->path, &st) == -1)
+				errlist_add(ctx->errs, "%s: %s", f->path, strerror(errno));
+			else
+				(void)file_trusted(ctx, f->path, &st);
+		}
+	}
+	if (!config_setting_is_aggregate(s))
+		return;
+	n = config_setting_length(s);
+	for (int i = 0; i < n; i++)
+		includes_check(ctx, elem(s, i));
 }
 
 static void
@@ -1875,6 +1917,7 @@ cfg_load(const char *file, struct errlist *errs)
 	fclose(fp);
 
 	root = config_root_setting(&cfg->tree);
+	includes_check(&ctx, root);
 	ints_walk(&ctx, root);
 
 	n = config_setting_length(root);

@@ -1,7 +1,8 @@
 """The fault catalogue's entries not covered elsewhere (issue 9): a fork
 bomb under RLIMIT_NPROC, a task leaking descriptors, an infinite loop in
-process mode, a config nested 5,000 deep, a config including itself, a
-full disk under state_dir, and a daemon out of descriptors.
+process mode, a config nested 5,000 deep, a config including itself or a
+file others may write, a full disk under state_dir, and a daemon out of
+descriptors.
 
 Each test asserts what is recorded and that nothing is lost or left
 behind.  The rest of the catalogue lives with the code it exercises:
@@ -219,6 +220,27 @@ def test_self_include(tap, env):
            "the daemon does not start on it (exit 1, why on stderr)", err[:300])
 
 
+def test_include_trusted(tap, env):
+    # An @include says which commands run as root as much as the main file
+    # does: it gets the same owner and mode checks.
+    env.write("inc.conf", '{ name = "inc"; plugin = "exec"; mode = "process"; '
+              'settings = { command = [ "id" ]; }; }\n')
+    cfg = env.config('@include "inc.conf"')
+    rc, out, err = run([JOBRUND, "-c", cfg, "-t"])
+    tap.eq(rc, 0, "an @include owned by root, mode 0644: accepted")
+    inc = os.path.join(env.dir, "inc.conf")
+    os.chmod(inc, 0o666)
+    rc, out, err = run([JOBRUND, "-c", cfg, "-t"])
+    tap.ok(rc == 1 and "%s: writable by others" % inc in err,
+           "an @include writable by others: refused, naming it", err)
+    if os.geteuid() == 0:
+        os.chmod(inc, 0o644)
+        os.chown(inc, 65534, 65534)
+        rc, out, err = run([JOBRUND, "-c", cfg, "-t"])
+        tap.ok(rc == 1 and "%s: owned by uid 65534" % inc in err,
+               "an @include owned by another user: refused", err)
+
+
 # --- resources ------------------------------------------------------------------
 
 def mount_tmpfs(path, size):
@@ -349,5 +371,5 @@ def test_out_of_descriptors(tap, env):
 
 
 main([test_fork_bomb, test_descriptor_leak, test_infinite_loop, test_deep_nesting,
-      test_self_include, test_full_disk, test_history_stays_bounded,
-      test_out_of_descriptors])
+      test_self_include, test_include_trusted, test_full_disk,
+      test_history_stays_bounded, test_out_of_descriptors])
