@@ -1246,11 +1246,15 @@ sup_free(struct sup_pool *sp, double grace_s)
 	sp->grace = grace_s;
 	fail_queue(sp, "jobrund is stopping");
 	for (struct worker *w = sp->workers; w; w = w->next) {
-		/* An idle worker exits at the socket's EOF; SIGTERM covers
-		 * one that is busy or stuck. */
+		/* An idle worker exits at the socket's EOF, after its plugin's
+		 * fini; SIGTERM is for one that is busy or starting, and the
+		 * grace timer's SIGKILL for any that hangs. */
+		bool idle = w->state == W_IDLE;
+
 		w->stopping = true;
 		close_socket(w);
-		signal_group(w, SIGTERM);
+		if (!idle)
+			signal_group(w, SIGTERM);
 	}
 	if (sp->workers)
 		sp->grace_timer = loop_timer_add(grace_s, 0, grace_expired, sp);

@@ -362,7 +362,13 @@ main(int argc, char **argv)
 	}
 	if (pl->fini)
 		pl->fini(&host_table, state);
+	/* Tidy, so that memcheck's view of a worker is clean. */
 	host_job_release(&hj);
 	errlist_free(&errs);
+	config_destroy(&tree);
+	loader_close(plugin);
+	proto_hello_free(&hello);
+	pconn_free(&conn);
+	pbuf_free(&sendbuf);
 	worker_exit(0);
 }
