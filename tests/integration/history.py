@@ -151,8 +151,13 @@ def test_shutdown_recorded(tap, env):
         tap.eq(rc, 0, "%s with work running: exit 0" % name)
         tap.ok(took < 1.0 + 1.0 + 3.0, "%s: within shutdown_grace plus a second (and slack)"
                % name, took)
-        tap.ok(second and d.count(r"%s: already stopping" % name) == 1,
-               "%s: the second one is only logged" % name, d.log()[-8:])
+        # The second signal may arrive after the shutdown has already
+        # finished (nothing was running yet): then it is simply not seen.
+        # Either way it must not break the shutdown (exit 0 above).
+        tap.ok(second and d.count(r"%s: already stopping" % name) <= 1 and
+               d.count(r"%s: stopping" % name) == 1,
+               "%s: a second one does not start a second shutdown" % name,
+               d.log()[-8:])
         tap.eq(processes_matching("jobrund-worker: sd_p"), [], "%s: no worker left" % name)
         runs = query(env, "SELECT job, status, nok, nfailed FROM runs WHERE run = "
                           "(SELECT max(run) FROM runs r WHERE r.job = runs.job) ORDER BY job")
