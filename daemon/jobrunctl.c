@@ -68,21 +68,15 @@ usage(FILE *fp)
 "exit status: 0 ok, 1 refused or failed, 2 usage error, 3 a task failed (run --wait)\n");
 }
 
-static int
-usage_error(const char *fmt, ...) JR_PRINTFLIKE(1, 2);
+static void
+vwarnx_(const char *fmt, va_list ap) JR_PRINTFLIKE(1, 0);
 
-static int
-usage_error(const char *fmt, ...)
+static void
+vwarnx_(const char *fmt, va_list ap)
 {
-	va_list ap;
-
 	fputs("jobrunctl: ", stderr);
-	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
-	va_end(ap);
 	fputs("\n", stderr);
-	usage(stderr);
-	return EXIT_USAGE;
 }
 
 static void
@@ -93,11 +87,24 @@ warnx_(const char *fmt, ...)
 {
 	va_list ap;
 
-	fputs("jobrunctl: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vwarnx_(fmt, ap);
 	va_end(ap);
-	fputs("\n", stderr);
+}
+
+static int
+usage_error(const char *fmt, ...) JR_PRINTFLIKE(1, 2);
+
+static int
+usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vwarnx_(fmt, ap);
+	va_end(ap);
+	usage(stderr);
+	return EXIT_USAGE;
 }
 
 /* --- the connection --------------------------------------------------- */

@@ -779,11 +779,10 @@ entry_new(struct job_def *def, const struct jr_config *cfg)
 	return e;
 }
 
+/* Let go of E's runtimes and free it (it is off the heaps and table). */
 static void
-entry_free(struct sched_job *e)
+entry_release(struct sched_job *e)
 {
-	unschedule(e);
-	table_del(e);
 	if (e->rt)
 		jobrt_set_owner(e->rt, NULL);
 	for (size_t i = 0; i < e->ndraining; i++)
@@ -791,6 +790,14 @@ entry_free(struct sched_job *e)
 	free(e->draining);
 	free(e->name);
 	free(e);
+}
+
+static void
+entry_free(struct sched_job *e)
+{
+	unschedule(e);
+	table_del(e);
+	entry_release(e);
 }
 
 /* E left the config: no new runs; free it once its runs are over. */
@@ -1167,13 +1174,7 @@ sched_free(void)
 	for (size_t b = 0; b < s.table_size; b++) {
 		for (struct sched_job *e = s.table[b], *next; e; e = next) {
 			next = e->hnext;
-			if (e->rt)
-				jobrt_set_owner(e->rt, NULL);
-			for (size_t i = 0; i < e->ndraining; i++)
-				jobrt_set_owner(e->draining[i], NULL);
-			free(e->draining);
-			free(e->name);
-			free(e);
+			entry_release(e);
 		}
 	}
 	free(s.table);

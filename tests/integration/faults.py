@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 
-from jrtest import (BUILDDIR, Daemon, JOBRUND, TIMEOUT, main, processes_matching,
+from jrtest import (BUILDDIR, Daemon, JOBRUND, children_of, TIMEOUT, main, processes_matching,
                     run, wait_for)
 
 JOBRUNCTL = os.path.join(BUILDDIR, "jobrunctl")
@@ -76,21 +76,6 @@ def settled_fd_count(pid):
         return len(seen) >= 4 and len(set(seen[-4:])) == 1
     wait_for(still, interval=0.05)
     return seen[-1]
-
-
-def children_of(pid):
-    found = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % p) as f:
-                st = f.read()
-        except OSError:
-            continue
-        if int(st[st.rfind(")") + 2:].split()[1]) == pid:
-            found.append(int(p))
-    return found
 
 
 # --- process mode -------------------------------------------------------------

@@ -206,6 +206,23 @@ def processes_matching(marker):
     return found
 
 
+def children_of(pid, state=None):
+    """Pids of PID's children (in STATE, e.g. "Z", when given)."""
+    found = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % p) as f:
+                st = f.read()
+        except OSError:
+            continue
+        rest = st[st.rfind(")") + 2:].split()
+        if int(rest[1]) == pid and (state is None or rest[0] == state):
+            found.append(int(p))
+    return found
+
+
 def wait_for(cond, timeout=TIMEOUT, interval=0.02):
     """Poll COND until it returns a true value or TIMEOUT passes."""
     deadline = time.monotonic() + timeout

@@ -11,7 +11,7 @@ import signal
 import subprocess
 
 import jrtest
-from jrtest import (BUILDDIR, Daemon, JOBRUND, TIMEOUT, main, processes_matching,
+from jrtest import (BUILDDIR, Daemon, children_of, JOBRUND, TIMEOUT, main, processes_matching,
                     wait_for)
 
 
@@ -232,23 +232,6 @@ def test_only_own_fds(tap, env):
 
 def fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
-
-
-def children_of(pid, state=None):
-    """Pids of PID's children (in STATE, e.g. "Z", when given)."""
-    found = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % p) as f:
-                st = f.read()
-        except OSError:
-            continue
-        rest = st[st.rfind(")") + 2:].split()
-        if int(rest[1]) == pid and (state is None or rest[0] == state):
-            found.append(int(p))
-    return found
 
 
 def zombies_of(pid):
