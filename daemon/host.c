@@ -320,7 +320,10 @@ h_task_output(jr_task *task, const void *data, size_t len)
 	size_t take = len < room ? len : room;
 
 	if (task->out_len + take + 1 > task->out_cap) {
-		size_t cap = task->out_cap ? task->out_cap : 256;
+		/* Most tasks write once: the first write gets what it needs
+		 * and no more (the result keeps this buffer); later ones
+		 * double it. */
+		size_t cap = task->out_cap ? task->out_cap * 2 : take + 1;
 		while (cap < task->out_len + take + 1)
 			cap *= 2;
 		task->out = xrealloc(task->out, cap);
@@ -343,6 +346,16 @@ h_task_printf(jr_task *task, const char *fmt, ...)
 	char *s;
 	int n, rc;
 
+	char small[256];
+
+	/* Short output (the usual case) is formatted on the stack. */
+	va_start(ap, fmt);
+	n = vsnprintf(small, sizeof small, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return ENOMEM;
+	if ((size_t)n < sizeof small)
+		return h_task_output(task, small, (size_t)n);
 	va_start(ap, fmt);
 	n = vasprintf(&s, fmt, ap);
 	va_end(ap);
@@ -463,19 +476,66 @@ thread_cpu_now(void)
 	return ts_to_s(&ts);
 }
 
+/*
+ * The thread's CPU clock is a system call (no vDSO), and two of them cost
+ * more than a short task.  So each thread keeps an anchor: its CPU clock
+ * and CLOCK_MONOTONIC read together.  A task that starts within
+ * TIMING_ANCHOR_S of the anchor, on a thread that has not waited since,
+ * dates its CPU start from it (the thread ran all along: it only ran our
+ * code between tasks).  A task shorter than TIMING_READ_S is charged its
+ * wall time: a thread's CPU time cannot exceed its wall time, and below
+ * that the two differ only if the task was preempted.  Longer tasks read
+ * the clock at their end, which also moves the anchor.
+ */
+#define TIMING_ANCHOR_S 1e-3
+#define TIMING_READ_S 10e-6
+
+static _Thread_local struct {
+	double cpu, wall;
+	bool valid;
+} anchor;
+
+void
+host_timing_idle(void)
+{
+	anchor.valid = false;
+}
+
 void
 host_run_task(const struct jr_plugin *pl, void *state, struct jr_task *t,
 	      struct task_result *r)
 {
-	double wall0, cpu0;
+	double wall0, wall1, cpu0, cpu;
+	bool fresh = false;
 	int rc;
 
 	clock_gettime(CLOCK_REALTIME, &r->started);
 	wall0 = mono_now();
-	cpu0 = thread_cpu_now();
+	if (!anchor.valid || wall0 - anchor.wall > TIMING_ANCHOR_S) {
+		cpu0 = thread_cpu_now();
+		fresh = true;
+	} else {
+		cpu0 = anchor.cpu + (wall0 - anchor.wall);
+	}
 	rc = pl->run(&host_table, state, t);
-	r->cpu_s = thread_cpu_now() - cpu0;
-	r->wall_s = mono_now() - wall0;
+	wall1 = mono_now();
+	r->wall_s = wall1 - wall0;
+	if (r->wall_s >= TIMING_READ_S) {
+		double now = thread_cpu_now();
+		cpu = now - cpu0;
+		anchor.cpu = now;
+		anchor.wall = wall1;
+	} else {
+		cpu = r->wall_s;
+		if (fresh) {
+			anchor.cpu = cpu0 + cpu;
+			anchor.wall = wall1;
+		}
+	}
+	anchor.valid = true;
+	/* One thread's CPU time fits in its wall time; the estimate of the
+	 * start may overshoot by the little the thread was not running. */
+	r->cpu_s = cpu < 0 ? 0 : cpu > r->wall_s ? r->wall_s : cpu;
 	if (rc < 0)
 		rc = -rc;
 

@@ -178,7 +178,11 @@ void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xasprintf(const char *fmt, ...) JR_PRINTFLIKE(1, 2);
-double ts_to_s(const struct timespec *ts);
+static inline double
+ts_to_s(const struct timespec *ts)
+{
+	return (double)ts->tv_sec + (double)ts->tv_nsec / 1e9;
+}
 double mono_now(void);                          /* CLOCK_MONOTONIC seconds */
 void errlist_add(struct errlist *el, const char *fmt, ...) JR_PRINTFLIKE(2, 3);
 void errlist_free(struct errlist *el);
@@ -282,6 +286,9 @@ int host_plugin_init(const struct jr_plugin *pl, struct jr_job *hj, void **state
  * the thread executor and by the worker; R->pid/run/index are the caller's. */
 void host_run_task(const struct jr_plugin *pl, void *state, struct jr_task *t,
 		   struct task_result *r);
+/* The calling thread is about to wait: its next task reads the CPU clock
+ * afresh (see host_run_task on how CPU time is measured). */
+void host_timing_idle(void);
 /* Route plugin log lines elsewhere (the worker sends them to the daemon). */
 void host_set_log_hook(void (*hook)(int priority, const char *job, const char *msg));
 
@@ -545,11 +552,14 @@ bool run_all_quiet(void);
 struct tpool;
 /* Set up the completion eventfd in the loop; once, before any pool. */
 void tpool_setup(void);
-/* Start NTHREADS threads running PL for job DEF (plugin init happens
- * here, in the daemon).  NULL when init fails, with the reason in ERR. */
+/* A pool for job DEF of up to its `workers` threads, started as tasks
+ * arrive (plugin init happens here, in the daemon).  NULL when init
+ * fails, with the reason in ERR. */
 struct tpool *tpool_new(struct job_def *def, const struct jr_config *cfg,
 			char *err, size_t errlen);
 void tpool_submit(struct tpool *tp, struct task *task);
+/* Queue the N tasks of the array TASKS at once (one lock, one wake-up). */
+void tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n);
 void tpool_cancel(struct tpool *tp, struct task *task);
 /* Ask threads to stop after their task; frees when they have. */
 void tpool_free(struct tpool *tp);

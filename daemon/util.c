@@ -75,12 +75,6 @@ xasprintf(const char *fmt, ...)
 }
 
 double
-ts_to_s(const struct timespec *ts)
-{
-	return (double)ts->tv_sec + (double)ts->tv_nsec / 1e9;
-}
-
-double
 mono_now(void)
 {
 	struct timespec ts;

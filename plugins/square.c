@@ -57,8 +57,9 @@ square_run(const struct jr_host *host, void *state, jr_task *task)
 	/* |x| fits in 64 unsigned bits, its square in 128. */
 	unsigned __int128 m = x < 0 ? (unsigned __int128)-(__int128)x :
 	    (unsigned __int128)x;
-	return host->task_printf(task, "%s", u128_to_dec(m * m, buf,
-	    sizeof buf)) == 0 ? 0 : EFBIG;
+	const char *dec = u128_to_dec(m * m, buf, sizeof buf);
+
+	return host->task_output(task, dec, strlen(dec)) == 0 ? 0 : EFBIG;
 }
 
 JR_PLUGIN_DEFINE(
