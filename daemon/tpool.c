@@ -1,11 +1,23 @@
 /*
  * tpool.c - the thread executor: a pool of pthreads per thread-mode job.
  *
- * The main thread puts tasks on the pool's queue; a worker thread takes
- * one, runs the plugin, and puts the finished task on one completion list
- * shared by all pools, ringing an eventfd that the main loop watches.  So
- * results are recorded by the main thread, like everything else, and the
- * threads touch nothing but their task and the two locked lists.
+ * The main thread puts tasks on the pool's shared queue.  A worker thread
+ * claims a chunk of them at a time: one task when few are queued, up to
+ * CHUNK_MAX when many are (its share of what is queued, so the tail still
+ * spreads over every thread).  A claimed chunk stays visible in the
+ * thread's own list until each task starts, and an idle thread steals the
+ * back half of another thread's list: so a slow task never holds up the
+ * tasks claimed behind it while a thread is free to run them.
+ *
+ * Finished tasks gather on the thread and move to one completion list
+ * shared by all pools when the thread runs out of claimed work, when
+ * DONE_BATCH have gathered or DONE_DELAY_S has passed; the first to
+ * arrive on an empty list rings an eventfd that the main loop watches.
+ * So results are recorded by the main thread, like everything else, and
+ * the locks and the eventfd are paid per chunk, not per task.
+ *
+ * Threads start on demand, when tasks are queued and no thread is free
+ * (up to `workers`), so a job that has not run costs no thread.
  *
  * Cancellation is cooperative: the task's cancel flag (and its deadline)
  * are what the plugin sees through host->task_cancelled.  A thread cannot
@@ -15,6 +27,10 @@
  * The plugin's init runs once per job, here in the daemon, and its state
  * is shared by the pool's threads (which is what JR_PLUGIN_THREAD_SAFE
  * promises is fine).
+ *
+ * Locks: a pool's lock (queue, thread count, stopping) is taken before a
+ * thread's lock (its claimed list and what it runs), never after; the
+ * completion lock is taken alone.
  */
 #include "config.h"
 
@@ -31,12 +47,19 @@
 
 #include "jobrund.h"
 
+#define CHUNK_MAX 64            /* tasks a thread claims at once */
+#define DONE_BATCH 64           /* finished tasks a thread holds back */
+#define DONE_DELAY_S 1e-3       /* ... and for how long at most */
+
 /* One thread of a pool, and what `jobrunctl workers` shows of it. */
 struct tthread {
 	struct tpool *tp;
 	pthread_t th;
 	pid_t tid;                      /* set by the thread as it starts */
-	bool busy;                      /* these: guarded by tp->lock */
+	pthread_mutex_t lock;           /* guards the rest but `cancel` */
+	struct task *mine, *mine_tail;  /* claimed, not started: stealable */
+	size_t nmine;
+	bool busy;
 	uint64_t run;
 	size_t index;
 	uint64_t done;
@@ -50,13 +73,17 @@ struct tpool {
 	struct job_def *def;
 	const struct jr_plugin *pl;
 	void *state;                    /* the plugin's, from init */
-	struct tthread *threads;
+	struct tthread *threads;        /* `workers` of them, nstarted used */
 	int nthreads;
-	int nrunning;                   /* threads still alive */
-	pthread_mutex_t lock;           /* guards queue, stopping, nrunning,
-					   the threads' busy state */
+	pid_t pid;                      /* ours, for the results */
+	pthread_mutex_t lock;           /* guards queue, nqueued, stopping,
+					   nstarted, nrunning, nidle, stuck */
 	pthread_cond_t cond;
 	struct task *head, *tail;
+	size_t nqueued;
+	int nstarted;                   /* threads created */
+	int nrunning;                   /* threads still alive */
+	int nidle;                      /* threads waiting for work */
 	bool stopping;
 	int stuck;                      /* abandoned threads still inside the plugin */
 	struct loop_timer *watch;       /* looks for stuck threads (main thread) */
@@ -90,24 +117,6 @@ cancel_check(struct jr_task *jt)
 	return atomic_load_explicit(&self->cancel, memory_order_relaxed);
 }
 
-/* Run T's plugin call on private copies of everything it touches, so that
- * the task can be abandoned (and freed) while the call goes on. */
-static void
-run_in_thread(struct tthread *self, struct task *t, struct task_result *res,
-	      char **input)
-{
-	struct tpool *tp = self->tp;
-	struct jr_task jt;
-
-	host_task_init(&jt, tp->def->name, *input, tp->def->timeout_s);
-	jt.cancel_check = cancel_check;
-	jt.cancel_arg = self;
-	res->pid = getpid();
-	host_run_task(tp->pl, tp->state, &jt, res);
-	host_task_release(&jt);
-	(void)t;
-}
-
 /* Move what the thread computed into the task's result. */
 static void
 give_result(struct task *t, struct task_result *res)
@@ -127,59 +136,235 @@ give_result(struct task *t, struct task_result *res)
 	res->output = res->error = NULL;
 }
 
+/* --- a thread's claimed tasks ----------------------------------------- */
+
+/* A list of finished tasks, kept by the thread that finished them. */
+struct done_list {
+	struct task *head, *tail;
+	size_t n;
+	double wall;                    /* the time their tasks took */
+};
+
+static void
+list_append(struct task **head, struct task **tail, struct task *t)
+{
+	t->next = NULL;
+	if (*tail)
+		(*tail)->next = t;
+	else
+		*head = t;
+	*tail = t;
+}
+
+/* Hand the thread's finished tasks to the main thread. */
+static void
+publish(struct done_list *dl)
+{
+	bool wake;
+
+	if (dl->head == NULL)
+		return;
+	pthread_mutex_lock(&done_lock);
+	wake = done_head == NULL;
+	if (done_tail)
+		done_tail->next = dl->head;
+	else
+		done_head = dl->head;
+	done_tail = dl->tail;
+	pthread_mutex_unlock(&done_lock);
+	dl->head = dl->tail = NULL;
+	dl->n = 0;
+	dl->wall = 0;
+	/* The main thread takes the whole list at once: only the first
+	 * arrival after a take needs to wake it. */
+	if (wake)
+		ring();
+}
+
+/* Start SELF on its first claimed task (SELF->lock held). */
+static struct task *
+begin_next(struct tthread *self)
+{
+	struct task *t = self->mine;
+
+	self->mine = t->next;
+	if (self->mine == NULL)
+		self->mine_tail = NULL;
+	self->nmine--;
+	t->next = NULL;
+	self->busy = true;
+	self->run = t->result.run;
+	self->index = t->index;
+	self->task = t;
+	/* Only the stuck-thread watch (jobs with a timeout) looks at it. */
+	self->started = self->tp->def->timeout_s > 0 ? mono_now() : 0;
+	self->abandoned = false;
+	atomic_store(&self->cancel, atomic_load((_Atomic int *)&t->cancel));
+	t->exec_priv = self;
+	return t;
+}
+
+/* Move up to N tasks from the pool's queue to SELF's list (both locks
+ * held). */
+static void
+claim(struct tpool *tp, struct tthread *self, size_t n)
+{
+	while (n-- > 0 && tp->head) {
+		struct task *t = tp->head;
+
+		tp->head = t->next;
+		tp->nqueued--;
+		list_append(&self->mine, &self->mine_tail, t);
+		self->nmine++;
+	}
+	if (tp->head == NULL)
+		tp->tail = NULL;
+}
+
+/* Take the back half of the longest claimed list of another thread of
+ * the pool (tp->lock held).  True if SELF got something. */
+static bool
+steal(struct tpool *tp, struct tthread *self)
+{
+	struct tthread *victim = NULL;
+	size_t most = 0;
+
+	for (int i = 0; i < tp->nstarted; i++) {
+		struct tthread *th = &tp->threads[i];
+		size_t n;
+
+		if (th == self)
+			continue;
+		pthread_mutex_lock(&th->lock);
+		n = th->nmine;
+		pthread_mutex_unlock(&th->lock);
+		if (n > most) {
+			most = n;
+			victim = th;
+		}
+	}
+	if (victim == NULL)
+		return false;
+	pthread_mutex_lock(&victim->lock);
+	/* Its count may have dropped since: take what is there now. */
+	size_t keep = victim->nmine / 2, taken = victim->nmine - keep;
+	struct task *t = victim->mine, *first;
+
+	if (taken == 0) {
+		pthread_mutex_unlock(&victim->lock);
+		return false;
+	}
+	if (keep == 0) {
+		first = victim->mine;
+		victim->mine = victim->mine_tail = NULL;
+	} else {
+		for (size_t i = 1; i < keep; i++)
+			t = t->next;
+		first = t->next;
+		t->next = NULL;
+		victim->mine_tail = t;
+	}
+	victim->nmine = keep;
+	pthread_mutex_unlock(&victim->lock);
+
+	pthread_mutex_lock(&self->lock);
+	for (t = first; t; ) {
+		struct task *next = t->next;
+		list_append(&self->mine, &self->mine_tail, t);
+		self->nmine++;
+		t = next;
+	}
+	pthread_mutex_unlock(&self->lock);
+	return true;
+}
+
+/* The next task for SELF, claiming or stealing more when its list is
+ * empty and waiting when there is nothing at all; NULL when the pool is
+ * stopping and nothing is left.  Finished tasks are published before the
+ * thread waits. */
+static struct task *
+next_task(struct tthread *self, struct done_list *dl)
+{
+	struct tpool *tp = self->tp;
+	struct task *t = NULL;
+
+	pthread_mutex_lock(&self->lock);
+	if (self->mine)
+		t = begin_next(self);
+	pthread_mutex_unlock(&self->lock);
+	if (t)
+		return t;
+	publish(dl);
+
+	pthread_mutex_lock(&tp->lock);
+	for (;;) {
+		if (tp->head) {
+			size_t n = tp->nqueued / (2 * (size_t)tp->nthreads);
+
+			n = n < 1 ? 1 : n > CHUNK_MAX ? CHUNK_MAX : n;
+			pthread_mutex_lock(&self->lock);
+			claim(tp, self, n);
+			t = begin_next(self);
+			pthread_mutex_unlock(&self->lock);
+			break;
+		}
+		if (!tp->stopping && steal(tp, self)) {
+			pthread_mutex_lock(&self->lock);
+			t = begin_next(self);
+			pthread_mutex_unlock(&self->lock);
+			break;
+		}
+		if (tp->stopping)
+			break;
+		host_timing_idle();
+		tp->nidle++;
+		pthread_cond_wait(&tp->cond, &tp->lock);
+		tp->nidle--;
+	}
+	if (t == NULL)
+		tp->nrunning--;
+	pthread_mutex_unlock(&tp->lock);
+	return t;
+}
+
 static void *
 thread_main(void *arg)
 {
 	struct tthread *self = arg;
 	struct tpool *tp = self->tp;
+	struct done_list dl = { 0 };
 
-	pthread_mutex_lock(&tp->lock);
+	pthread_mutex_lock(&self->lock);
 	self->tid = gettid();
-	pthread_mutex_unlock(&tp->lock);
+	pthread_mutex_unlock(&self->lock);
 	for (;;) {
 		struct task *t;
 		struct task_result res;
-		char *input;
-		bool abandoned, wake;
+		struct jr_task jt;
+		bool abandoned;
 
-		pthread_mutex_lock(&tp->lock);
-		while (tp->head == NULL && !tp->stopping)
-			pthread_cond_wait(&tp->cond, &tp->lock);
-		if (tp->head == NULL) {         /* stopping, queue empty */
-			tp->nrunning--;
-			pthread_mutex_unlock(&tp->lock);
-			ring();
-			return NULL;
-		}
-		t = tp->head;
-		tp->head = t->next;
-		if (tp->head == NULL)
-			tp->tail = NULL;
-		t->next = NULL;
-		self->busy = true;
-		self->run = t->result.run;
-		self->index = t->index;
-		self->task = t;
-		self->started = mono_now();
-		self->abandoned = false;
-		atomic_store(&self->cancel, atomic_load((_Atomic int *)&t->cancel));
-		t->exec_priv = self;
-		input = t->input ? xstrdup(t->input) : NULL;
-		pthread_mutex_unlock(&tp->lock);
+		if ((t = next_task(self, &dl)) == NULL)
+			break;
 
 		memset(&res, 0, sizeof res);
+		res.pid = tp->pid;
 		if (atomic_load(&self->cancel)) {
 			/* Cancelled while queued but not yet removed. */
 			res.status = TASK_CANCELLED;
 			res.error = xstrdup("cancelled before it started");
 			clock_gettime(CLOCK_REALTIME, &res.started);
-			res.pid = getpid();
 		} else {
-			run_in_thread(self, t, &res, &input);
+			/* The input is the job definition's, which outlives
+			 * the pool (daemon.c frees a configuration only when
+			 * no pool is left that reads it). */
+			host_task_init(&jt, tp->def->name, t->input, tp->def->timeout_s);
+			jt.cancel_check = cancel_check;
+			jt.cancel_arg = self;
+			host_run_task(tp->pl, tp->state, &jt, &res);
+			host_task_release(&jt);
 		}
-		free(input);
 
-		pthread_mutex_lock(&tp->lock);
+		pthread_mutex_lock(&self->lock);
 		self->busy = false;
 		self->done++;
 		abandoned = self->abandoned;
@@ -187,15 +372,17 @@ thread_main(void *arg)
 			/* Its result was recorded as a timeout long ago: this
 			 * one is too late to count. */
 			self->abandoned = false;
-			tp->stuck--;
 		} else {
 			give_result(t, &res);
 			t->exec_priv = NULL;
 		}
 		self->task = NULL;
-		pthread_mutex_unlock(&tp->lock);
+		pthread_mutex_unlock(&self->lock);
 
 		if (abandoned) {
+			pthread_mutex_lock(&tp->lock);
+			tp->stuck--;
+			pthread_mutex_unlock(&tp->lock);
 			log_msg(LOG_WARNING, "job %s: the stuck thread of run %" PRIu64
 				" task %zu returned after all (%.1fs); its result is "
 				"discarded", tp->def->name, self->run, self->index,
@@ -204,20 +391,15 @@ thread_main(void *arg)
 			ring();
 			continue;
 		}
-		pthread_mutex_lock(&done_lock);
-		wake = done_head == NULL;
-		if (done_tail)
-			done_tail->next = t;
-		else
-			done_head = t;
-		done_tail = t;
-		pthread_mutex_unlock(&done_lock);
-		/* The main thread takes the whole list at once: only the first
-		 * finisher after a take needs to wake it (one write per batch,
-		 * not per task). */
-		if (wake)
-			ring();
+		list_append(&dl.head, &dl.tail, t);
+		dl.n++;
+		dl.wall += t->result.wall_s;
+		if (dl.n >= DONE_BATCH || dl.wall >= DONE_DELAY_S)
+			publish(&dl);
 	}
+	publish(&dl);
+	ring();                         /* announce the exit (reap_dying) */
+	return NULL;
 }
 
 static void reap_dying(void);
@@ -281,34 +463,43 @@ tpool_new(struct job_def *def, const struct jr_config *cfg, char *err, size_t er
 	tp->def = def;
 	tp->pl = loader_descriptor(def->plugin);
 	tp->state = state;
+	tp->pid = getpid();
 	tp->nthreads = def->workers;
 	tp->threads = xcalloc((size_t)tp->nthreads, sizeof *tp->threads);
 	pthread_mutex_init(&tp->lock, NULL);
 	pthread_cond_init(&tp->cond, NULL);
 	for (int i = 0; i < tp->nthreads; i++) {
-		/* Threads inherit the main thread's mask, which blocks the
-		 * signals the signalfd reads: they never take a signal. */
 		tp->threads[i].tp = tp;
-		rc = pthread_create(&tp->threads[i].th, NULL, thread_main,
-				    &tp->threads[i]);
+		pthread_mutex_init(&tp->threads[i].lock, NULL);
+	}
+	return tp;
+}
+
+/* Start threads for queued work that no free thread will take, up to
+ * the pool's size (tp->lock held).  Threads inherit the main thread's
+ * mask, which blocks the signals the signalfd reads: they never take a
+ * signal. */
+static void
+start_threads(struct tpool *tp)
+{
+	size_t wanted = tp->nqueued > (size_t)tp->nidle ? tp->nqueued - (size_t)tp->nidle : 0;
+
+	while (wanted-- > 0 && tp->nstarted < tp->nthreads) {
+		struct tthread *th = &tp->threads[tp->nstarted];
+		int rc = pthread_create(&th->th, NULL, thread_main, th);
+
 		if (rc != 0) {
+			/* The threads already there serve the queue; with
+			 * none at all, the tasks would wait for ever. */
 			log_msg(LOG_ERR, "job %s: cannot start thread %d of %d: %s",
-				def->name, i + 1, tp->nthreads, strerror(rc));
+				tp->def->name, tp->nstarted + 1, tp->nthreads, strerror(rc));
 			break;
 		}
+		tp->nstarted++;
 		tp->nrunning++;
+		if (tp->nstarted == 1)
+			log_debug("job %s: thread pool started", tp->def->name);
 	}
-	if (tp->nrunning == 0) {
-		snprintf(err, errlen, "cannot start any thread");
-		if (tp->pl->fini)
-			tp->pl->fini(&host_table, tp->state);
-		free(tp->threads);
-		free(tp);
-		return NULL;
-	}
-	tp->nthreads = tp->nrunning;
-	log_debug("job %s: thread pool of %d started", def->name, tp->nthreads);
-	return tp;
 }
 
 /* Finish T now, in the main thread, without running it. */
@@ -327,28 +518,39 @@ finish_unrun(struct task *t, enum task_status st, const char *why)
 static void stuck_watch(void *arg);
 
 void
-tpool_submit(struct tpool *tp, struct task *t)
+tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n)
 {
-	int stuck;
+	int stuck, started;
 
+	if (n == 0)
+		return;
 	pthread_mutex_lock(&tp->lock);
 	stuck = tp->stuck;
 	if (stuck == 0) {
-		t->next = NULL;
-		if (tp->tail)
-			tp->tail->next = t;
+		for (size_t i = 0; i < n; i++)
+			list_append(&tp->head, &tp->tail, &tasks[i]);
+		tp->nqueued += n;
+		start_threads(tp);
+		if (n == 1)
+			pthread_cond_signal(&tp->cond);
 		else
-			tp->head = t;
-		tp->tail = t;
-		pthread_cond_signal(&tp->cond);
+			pthread_cond_broadcast(&tp->cond);
 	}
+	started = tp->nstarted;
 	pthread_mutex_unlock(&tp->lock);
+	if (stuck == 0 && started == 0) {
+		for (size_t i = 0; i < n; i++)
+			finish_unrun(&tasks[i], TASK_FAILED, "not run: cannot start "
+				     "any thread for this job (see the log)");
+		return;
+	}
 	if (stuck > 0) {
 		char *why = xasprintf("not run: %d thread%s of this job %s stuck in the "
 				      "plugin past timeout + kill_grace (thread mode "
 				      "cannot kill a thread)", stuck, stuck == 1 ? "" : "s",
 				      stuck == 1 ? "is" : "are");
-		finish_unrun(t, TASK_SKIPPED, why);
+		for (size_t i = 0; i < n; i++)
+			finish_unrun(&tasks[i], TASK_SKIPPED, why);
 		free(why);
 		return;
 	}
@@ -364,35 +566,62 @@ tpool_submit(struct tpool *tp, struct task *t)
 	}
 }
 
+void
+tpool_submit(struct tpool *tp, struct task *t)
+{
+	tpool_submit_many(tp, t, 1);
+}
+
 /* Give up on threads past timeout + kill_grace: record their tasks as
  * timed out now, and refuse the job's tasks while any is stuck. */
 static void
 stuck_watch(void *arg)
 {
 	struct tpool *tp = arg;
-	struct task *given_up[64], *queued = NULL;
+	struct task *given_up[64], *queued = NULL, *queued_tail = NULL;
 	size_t ngiven = 0;
 	bool idle = true;
 	double limit = tp->def->timeout_s + tp->def->kill_grace_s, now = mono_now();
 
 	pthread_mutex_lock(&tp->lock);
-	for (int i = 0; i < tp->nthreads; i++) {
+	for (int i = 0; i < tp->nstarted; i++) {
 		struct tthread *th = &tp->threads[i];
 
-		if (th->busy)
+		pthread_mutex_lock(&th->lock);
+		if (th->busy || th->mine)
 			idle = false;
-		if (!th->busy || th->abandoned || th->task == NULL ||
-		    now - th->started < limit || ngiven == 64)
-			continue;
-		th->abandoned = true;
-		tp->stuck++;
-		given_up[ngiven++] = th->task;
-		th->task->exec_priv = NULL;
-		th->task = NULL;
+		if (th->busy && !th->abandoned && th->task != NULL &&
+		    now - th->started >= limit && ngiven < 64) {
+			th->abandoned = true;
+			tp->stuck++;
+			given_up[ngiven++] = th->task;
+			th->task->exec_priv = NULL;
+			th->task = NULL;
+		}
+		pthread_mutex_unlock(&th->lock);
 	}
 	if (ngiven > 0) {
+		/* Nothing more of this job runs while a thread is stuck:
+		 * what is queued or claimed is skipped. */
 		queued = tp->head;
+		queued_tail = tp->tail;
 		tp->head = tp->tail = NULL;
+		tp->nqueued = 0;
+		for (int i = 0; i < tp->nstarted; i++) {
+			struct tthread *th = &tp->threads[i];
+
+			pthread_mutex_lock(&th->lock);
+			if (th->mine) {
+				if (queued_tail)
+					queued_tail->next = th->mine;
+				else
+					queued = th->mine;
+				queued_tail = th->mine_tail;
+				th->mine = th->mine_tail = NULL;
+				th->nmine = 0;
+			}
+			pthread_mutex_unlock(&th->lock);
+		}
 	}
 	if (tp->head)
 		idle = false;
@@ -420,36 +649,55 @@ stuck_watch(void *arg)
 	}
 }
 
+/* Unlink T from the list at *HEAD (with *TAIL); true if it was there. */
+static bool
+list_remove(struct task **head, struct task **tail, struct task *t)
+{
+	struct task *prev = NULL;
+
+	for (struct task *q = *head; q; prev = q, q = q->next) {
+		if (q != t)
+			continue;
+		if (prev)
+			prev->next = q->next;
+		else
+			*head = q->next;
+		if (*tail == q)
+			*tail = prev;
+		q->next = NULL;
+		return true;
+	}
+	return false;
+}
+
 void
 tpool_cancel(struct tpool *tp, struct task *t)
 {
-	struct task **pp;
-	bool was_queued = false;
+	bool was_queued;
 
 	atomic_store((_Atomic int *)&t->cancel, 1);
 	pthread_mutex_lock(&tp->lock);
-	for (pp = &tp->head; *pp; pp = &(*pp)->next) {
-		if (*pp == t) {
-			*pp = t->next;
+	was_queued = list_remove(&tp->head, &tp->tail, t);
+	if (was_queued)
+		tp->nqueued--;
+	for (int i = 0; i < tp->nstarted && !was_queued; i++) {
+		struct tthread *th = &tp->threads[i];
+
+		pthread_mutex_lock(&th->lock);
+		if (list_remove(&th->mine, &th->mine_tail, t)) {
+			th->nmine--;
 			was_queued = true;
-			break;
+		} else if (th->task == t) {
+			atomic_store(&th->cancel, 1);
 		}
-	}
-	if (was_queued) {
-		tp->tail = NULL;
-		for (struct task *q = tp->head; q; q = q->next)
-			tp->tail = q;
-	} else if (t->exec_priv) {
-		struct tthread *th = t->exec_priv;
-		atomic_store(&th->cancel, 1);
+		pthread_mutex_unlock(&th->lock);
 	}
 	pthread_mutex_unlock(&tp->lock);
 	if (was_queued) {
-		t->next = NULL;
 		t->result.status = TASK_CANCELLED;
 		t->result.error = xstrdup("cancelled before it started");
 		clock_gettime(CLOCK_REALTIME, &t->result.started);
-		t->result.pid = getpid();
+		t->result.pid = tp->pid;
 		run_task_done(t);
 	}
 	/* A running task sees the flag through host->task_cancelled. */
@@ -458,8 +706,10 @@ tpool_cancel(struct tpool *tp, struct task *t)
 static void
 tpool_destroy(struct tpool *tp)
 {
-	for (int i = 0; i < tp->nthreads; i++)
+	for (int i = 0; i < tp->nstarted; i++)
 		pthread_join(tp->threads[i].th, NULL);
+	for (int i = 0; i < tp->nthreads; i++)
+		pthread_mutex_destroy(&tp->threads[i].lock);
 	if (tp->pl->fini)
 		tp->pl->fini(&host_table, tp->state);
 	pthread_mutex_destroy(&tp->lock);
@@ -528,16 +778,21 @@ tpool_foreach_thread(struct tpool *tp,
 	struct tpool_thread_info *info;
 	int n;
 
-	/* Copy under the lock, call back without it. */
+	/* Copy under the locks, call back without them.  Threads not
+	 * started yet are shown idle, with no thread id. */
 	info = xcalloc((size_t)tp->nthreads, sizeof *info);
 	pthread_mutex_lock(&tp->lock);
 	n = tp->nthreads;
-	for (int i = 0; i < n; i++) {
-		info[i].tid = tp->threads[i].tid;
-		info[i].busy = tp->threads[i].busy;
-		info[i].run = tp->threads[i].run;
-		info[i].index = tp->threads[i].index;
-		info[i].done = tp->threads[i].done;
+	for (int i = 0; i < tp->nstarted; i++) {
+		struct tthread *th = &tp->threads[i];
+
+		pthread_mutex_lock(&th->lock);
+		info[i].tid = th->tid;
+		info[i].busy = th->busy;
+		info[i].run = th->run;
+		info[i].index = th->index;
+		info[i].done = th->done;
+		pthread_mutex_unlock(&th->lock);
 	}
 	pthread_mutex_unlock(&tp->lock);
 	for (int i = 0; i < n; i++)
