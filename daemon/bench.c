@@ -1108,6 +1108,7 @@ bench_main(const char *file, const char *jobname, const char *workers,
 	loop_timer_remove(b.drain);
 	loop_timer_remove(b.sampler);
 	loop_shutdown();
+	tpool_shutdown();
 	bench_free(&b);
 	return failed > 0 || b.interrupted ? 3 : 0;
 }

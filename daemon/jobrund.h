@@ -550,8 +550,10 @@ bool run_all_quiet(void);
 /* tpool.c - the thread executor                                       */
 /* ------------------------------------------------------------------ */
 struct tpool;
-/* Set up the completion eventfd in the loop; once, before any pool. */
+/* Set up the completion eventfd in the loop; once, before any pool.
+ * tpool_shutdown closes it, after loop_shutdown, when no pool is left. */
 void tpool_setup(void);
+void tpool_shutdown(void);
 /* A pool for job DEF of up to its `workers` threads, started as tasks
  * arrive (plugin init happens here, in the daemon).  NULL when init
  * fails, with the reason in ERR. */
@@ -625,6 +627,8 @@ int sup_kill(struct sup_pool *sp, int sig, void (*cb)(pid_t pid, void *arg), voi
 /* Become a child subreaper and watch SIGCHLD; in the main thread, before
  * any other thread starts. */
 void reaper_init(void);
+/* Close the SIGCHLD signalfd (after loop_shutdown). */
+void reaper_shutdown(void);
 /* Reap adopted processes that exited; kill those whose worker is gone. */
 void reaper_scan(void);
 /* Kill the adopted processes whose JOBRUND_WORKER tag MATCH accepts

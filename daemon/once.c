@@ -196,5 +196,7 @@ once_main(const char *file, char **names, int nnames, bool log_stderr)
 	free(selected);
 	cfg_free(cfg);
 	loop_shutdown();
+	tpool_shutdown();
+	reaper_shutdown();
 	return rc;
 }

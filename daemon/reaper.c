@@ -280,3 +280,11 @@ reaper_init(void)
 		fatal("signalfd");
 	loop_add(sigchld_fd, EPOLLIN, sigchld, NULL);
 }
+
+void
+reaper_shutdown(void)
+{
+	if (sigchld_fd != -1)
+		close(sigchld_fd);
+	sigchld_fd = -1;
+}

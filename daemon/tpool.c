@@ -435,6 +435,17 @@ tpool_setup(void)
 	loop_add(done_fd, EPOLLIN, completions_ready, NULL);
 }
 
+void
+tpool_shutdown(void)
+{
+	if (done_fd != -1)
+		close(done_fd);
+	done_fd = -1;
+	free(dying);
+	dying = NULL;
+	ndying = dying_cap = 0;
+}
+
 struct tpool *
 tpool_new(struct job_def *def, const struct jr_config *cfg, char *err, size_t errlen)
 {
@@ -531,10 +542,16 @@ tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n)
 			list_append(&tp->head, &tp->tail, &tasks[i]);
 		tp->nqueued += n;
 		start_threads(tp);
-		if (n == 1)
+		if (tp->nstarted == 0) {
+			/* No thread to run them: they fail below.  Only
+			 * these can be queued (earlier ones failed too). */
+			tp->head = tp->tail = NULL;
+			tp->nqueued = 0;
+		} else if (n == 1) {
 			pthread_cond_signal(&tp->cond);
-		else
+		} else {
 			pthread_cond_broadcast(&tp->cond);
+		}
 	}
 	started = tp->nstarted;
 	pthread_mutex_unlock(&tp->lock);
