@@ -48,6 +48,18 @@
  * their start: a run whose end could not be written stays `running`, and
  * the next start marks it abandoned.
  *
+ * Memory.  An idle daemon should hold little (README, Performance), and
+ * SQLite's defaults are sized for busier programs: each connection's page
+ * cache starts with a bulk allocation of 20 pages (about 85 KiB, all of
+ * it touched), and may grow to 2 MiB.  So the bulk allocation is turned
+ * off (sqlite_setup: pages are allocated one at a time, as they are
+ * needed; a fresh history uses a handful), the statements only queries
+ * use are prepared when first used, and the main connection's
+ * cache is capped at CACHE_KIB: what our statements touch is a few index
+ * and table pages per job, and a page not in the cache is one read from
+ * the WAL or the file, in the kernel's page cache, microseconds.  No
+ * memory-mapped I/O (SQLite's default here, mmap_size 0, is kept).
+ *
  * Everything here runs in the main thread, except the checkpointer, which
  * touches nothing but its own connection and the lock-guarded request.
  */
@@ -73,6 +85,7 @@
 #define BUSY_TIMEOUT_MS         100
 #define SLOW_WRITE_MS           50.0
 #define FAIL_LOG_EVERY          600.0   /* seconds */
+#define CACHE_KIB               512     /* the main connection's page cache */
 
 static const char schema_sql[] =
 	"CREATE TABLE runs ("
@@ -112,13 +125,16 @@ static const char schema_sql[] =
 	"  job       TEXT PRIMARY KEY,"
 	"  last_fire INTEGER NOT NULL);";
 
-/* The prepared statements, by use. */
+/* The prepared statements, by use.  Those from ST_FIRST_LAZY on serve
+ * only `jobrunctl history` and `show`: prepared at their first use, not at
+ * start-up (about 28 KiB less held by a daemon nobody asks). */
 enum {
 	ST_BEGIN, ST_COMMIT, ST_ROLLBACK,
 	ST_RUN_INSERT, ST_RUN_END, ST_TASK_INSERT, ST_PRUNE,
 	ST_LAST_ID, ST_LAST_FIRE, ST_SET_FIRE,
 	ST_LIST, ST_LIST_ALL, ST_TASKS, ST_RUN_EXISTS,
-	ST_COUNT
+	ST_COUNT,
+	ST_FIRST_LAZY = ST_LIST
 };
 
 static const char *const statement_sql[ST_COUNT] = {
@@ -276,6 +292,13 @@ write_timed(double t0, const char *what)
 			what, ms);
 }
 
+static int
+prepare(int which)
+{
+	return sqlite3_prepare_v3(h.db, statement_sql[which], -1,
+				  SQLITE_PREPARE_PERSISTENT, &h.st[which], NULL);
+}
+
 /* Reset and clear a statement for its next use. */
 static sqlite3_stmt *
 stmt(int which)
@@ -285,6 +308,23 @@ stmt(int which)
 	sqlite3_reset(s);
 	sqlite3_clear_bindings(s);
 	return s;
+}
+
+/* The same for a statement prepared at its first use (ST_FIRST_LAZY on):
+ * NULL, logged, with errno set, if it cannot be prepared. */
+static sqlite3_stmt *
+lazy_stmt(int which)
+{
+	int rc;
+
+	if (h.st[which] == NULL && (rc = prepare(which)) != SQLITE_OK) {
+		log_msg(LOG_WARNING, "history: cannot prepare a query: %s",
+			sqlite3_errmsg(h.db));
+		h.st[which] = NULL;
+		errno = EIO;
+		return NULL;
+	}
+	return stmt(which);
 }
 
 /* Run a statement that returns no rows; its sqlite3 result code. */
@@ -520,6 +560,7 @@ open_db(const char *path, const char **what)
 {
 	int rc, version = 0;
 	sqlite3_stmt *s = NULL;
+	char *sql;
 
 	*what = "open";
 	rc = sqlite3_open_v2(path, &h.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
@@ -552,9 +593,15 @@ open_db(const char *path, const char **what)
 			  NULL, NULL, NULL);
 	if (rc != SQLITE_OK)
 		return rc;
+	/* A negative cache_size is in KiB. */
+	sql = xasprintf("PRAGMA cache_size = -%d", CACHE_KIB);
+	rc = sqlite3_exec(h.db, sql, NULL, NULL, NULL);
+	free(sql);
+	if (rc != SQLITE_OK)
+		return rc;
 	if (version == 0) {
-		char *sql = xasprintf("BEGIN; %s PRAGMA user_version = %d; COMMIT;",
-				      schema_sql, HISTORY_SCHEMA);
+		sql = xasprintf("BEGIN; %s PRAGMA user_version = %d; COMMIT;",
+				schema_sql, HISTORY_SCHEMA);
 
 		*what = "create the tables";
 		rc = sqlite3_exec(h.db, sql, NULL, NULL, NULL);
@@ -565,9 +612,8 @@ open_db(const char *path, const char **what)
 		}
 	}
 	*what = "prepare the statements";
-	for (int i = 0; i < ST_COUNT; i++) {
-		rc = sqlite3_prepare_v3(h.db, statement_sql[i], -1,
-					SQLITE_PREPARE_PERSISTENT, &h.st[i], NULL);
+	for (int i = 0; i < ST_FIRST_LAZY; i++) {
+		rc = prepare(i);
 		if (rc != SQLITE_OK)
 			return rc;
 	}
@@ -594,6 +640,25 @@ move_aside(const char *path)
 	}
 }
 
+/*
+ * SQLite's process-wide settings, made before its first connection: they
+ * cannot change once SQLite is initialised.  If something else in the
+ * process (a plugin) initialised it first, sqlite3_config refuses and the
+ * defaults stay, which costs memory, nothing else.
+ */
+static void
+sqlite_setup(void)
+{
+	static bool done;
+
+	if (done)
+		return;
+	done = true;
+	/* No bulk allocation for a new connection's page cache (the third
+	 * argument, 0 pages); pages come from sqlite3_malloc one by one. */
+	(void)sqlite3_config(SQLITE_CONFIG_PAGECACHE, NULL, 0, 0);
+}
+
 int
 history_open(const char *state_dir)
 {
@@ -609,6 +674,7 @@ history_open(const char *state_dir)
 	}
 	free(h.path);
 	h.path = xasprintf("%s/%s", state_dir, HISTORY_FILE);
+	sqlite_setup();
 	rc = open_db(h.path, &what);
 	if (rc == SQLITE_CORRUPT || rc == SQLITE_NOTADB) {
 		close_db();
@@ -895,7 +961,8 @@ history_list(const char *job, int limit,
 		errno = ENODEV;
 		return -1;
 	}
-	s = stmt(job ? ST_LIST : ST_LIST_ALL);
+	if ((s = lazy_stmt(job ? ST_LIST : ST_LIST_ALL)) == NULL)
+		return -1;
 	if (job)
 		sqlite3_bind_text(s, 1, job, -1, SQLITE_STATIC);
 	sqlite3_bind_int(s, 2, limit > 0 ? limit : -1);
@@ -955,7 +1022,8 @@ history_tasks(const char *job, uint64_t run,
 		errno = ENODEV;
 		return -1;
 	}
-	s = stmt(ST_RUN_EXISTS);
+	if ((s = lazy_stmt(ST_RUN_EXISTS)) == NULL)
+		return -1;
 	sqlite3_bind_text(s, 1, job, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(s, 2, (sqlite3_int64)run);
 	exists = sqlite3_step(s) == SQLITE_ROW;
@@ -964,7 +1032,8 @@ history_tasks(const char *job, uint64_t run,
 		errno = ENOENT;
 		return -1;
 	}
-	s = stmt(ST_TASKS);
+	if ((s = lazy_stmt(ST_TASKS)) == NULL)
+		return -1;
 	sqlite3_bind_text(s, 1, job, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(s, 2, (sqlite3_int64)run);
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {

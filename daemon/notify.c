@@ -23,16 +23,22 @@
  *                           loop: a loop that is stuck stops the pings and
  *                           systemd restarts the service, which is the point.
  *
- * With libsystemd (configure found it: HAVE_LIBSYSTEMD) sd_notify() does
- * the sending; without it, the documented protocol is spoken by hand: one
- * datagram per message, sent on an AF_UNIX SOCK_DGRAM socket to the path
- * in $NOTIFY_SOCKET ('@' first: the abstract namespace).  When
- * NOTIFY_SOCKET is unset (not started by systemd, -t, --once) nothing is
- * sent and no timer runs.
+ * The protocol is spoken by hand, as sd_notify(3) documents it (a stable
+ * interface, meant to be reimplemented): one datagram per message, sent on
+ * an AF_UNIX SOCK_DGRAM socket to the path in $NOTIFY_SOCKET ('@' first:
+ * the abstract namespace), newline-separated VAR=VALUE lines.  The watchdog
+ * is ours when WATCHDOG_USEC is set and WATCHDOG_PID, if set, is our pid
+ * (sd_watchdog_enabled(3)).  libsystemd is not linked for this: it would
+ * add a datagram's worth of code and, with it, libgcrypt, liblzma,
+ * libzstd, liblz4 and libcap, over 800 KiB of the resident memory of a
+ * daemon that is meant to idle in less than 4 MiB (README, Performance).
+ * When NOTIFY_SOCKET is unset (not started by systemd, -t, --once) nothing
+ * is sent and no timer runs.
  *
- * The environment is left as it is: sd_notify() reads NOTIFY_SOCKET at
- * every call.  So workers inherit it; systemd ignores what they might
- * send because the unit says NotifyAccess=main.
+ * The environment is left as it is (NOTIFY_SOCKET is read once, at
+ * start-up).  So workers inherit it; systemd ignores what they might send
+ * because the unit says NotifyAccess=main.  Our own socket is
+ * close-on-exec: workers do not get it.
  *
  * The last error is whatever was last logged at LOG_ERR or worse, from any
  * thread (a log hook copies it under a lock); everything else here runs in
@@ -50,10 +56,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifdef HAVE_LIBSYSTEMD
-#include <systemd/sd-daemon.h>
-#endif
-
 #include "jobrund.h"
 
 #define NOTIFY_STATUS_MAX 512           /* bytes of STATUS= text */
@@ -68,40 +70,15 @@ static struct {
 	struct loop_timer *watchdog, *status_timer;
 	char status[NOTIFY_STATUS_MAX]; /* the last STATUS= sent */
 	int last_errno;                 /* of the last failed send */
-#ifndef HAVE_LIBSYSTEMD
-	int fd;
-	struct sockaddr_un addr;
+	int fd;                         /* what we send from */
+	struct sockaddr_un addr;        /* $NOTIFY_SOCKET */
 	socklen_t addrlen;
-#endif
 } notify;
 
 /* Written by the log hook from any thread, read in the main thread. */
 static pthread_mutex_t notify_error_lock = PTHREAD_MUTEX_INITIALIZER;
 static char notify_error[NOTIFY_ERROR_MAX];
 static char notify_error_time[32];
-
-#ifdef HAVE_LIBSYSTEMD
-
-static int
-notify_open(void)
-{
-	return 0;
-}
-
-/* 0 when sent (or NOTIFY_SOCKET went away), -1 with errno. */
-static int
-notify_send(const char *msg)
-{
-	int rc = sd_notify(0, msg);
-
-	if (rc < 0) {
-		errno = -rc;
-		return -1;
-	}
-	return 0;
-}
-
-#else /* !HAVE_LIBSYSTEMD */
 
 /* Resolve $NOTIFY_SOCKET into notify.addr and open the socket we send
  * from (close-on-exec: workers do not get it). */
@@ -114,8 +91,8 @@ notify_open(void)
 	if ((path[0] != '/' && path[0] != '@') || n < 2 ||
 	    n > sizeof notify.addr.sun_path) {
 		log_msg(LOG_WARNING, "NOTIFY_SOCKET=%s: not a socket path jobrund can "
-			"use (built without libsystemd): systemd will not hear from it",
-			path);
+			"use (an absolute path or @abstract name): systemd will not hear "
+			"from it", path);
 		errno = EAFNOSUPPORT;
 		return -1;
 	}
@@ -143,8 +120,6 @@ notify_send(const char *msg)
 		return -1;
 	return 0;
 }
-
-#endif /* HAVE_LIBSYSTEMD */
 
 /* Send MSG; a failure is logged once per errno value, not every second. */
 static void
@@ -244,13 +219,6 @@ notify_watchdog_tick(void *arg)
 static uint64_t
 notify_watchdog_usec(void)
 {
-#ifdef HAVE_LIBSYSTEMD
-	uint64_t usec = 0;
-
-	if (sd_watchdog_enabled(0, &usec) <= 0)
-		return 0;
-	return usec;
-#else
 	const char *v = getenv("WATCHDOG_USEC"), *pid = getenv("WATCHDOG_PID");
 	unsigned long long usec;
 	char *end;
@@ -265,7 +233,6 @@ notify_watchdog_usec(void)
 	if (pid != NULL && *pid != '\0' && strtol(pid, NULL, 10) != (long)getpid())
 		return 0;
 	return usec;
-#endif
 }
 
 void
@@ -337,10 +304,8 @@ notify_fini(void)
 	loop_timer_remove(notify.watchdog);
 	loop_timer_remove(notify.status_timer);
 	notify.watchdog = notify.status_timer = NULL;
-#ifndef HAVE_LIBSYSTEMD
 	if (notify.enabled)
 		close(notify.fd);
-#endif
 	notify.enabled = false;
 	/* The log hook stays: a thread stuck in a plugin may still log. */
 }

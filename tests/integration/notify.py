@@ -1,8 +1,11 @@
 """sd_notify: jobrund started with NOTIFY_SOCKET tells the listener on that
 datagram socket READY=1 at start-up, RELOADING=1 (with MONOTONIC_USEC) then
 READY=1 around a good reload and around a refused one (whose error shows
-in STATUS=), STOPPING=1 at SIGTERM, and WATCHDOG=1 every WATCHDOG_USEC/2;
-every message comes from the daemon itself, never from a worker.
+in STATUS=), STOPPING=1 at SIGTERM, and WATCHDOG=1 every WATCHDOG_USEC/2
+(unless WATCHDOG_PID names another process); every message comes from the
+daemon itself, never from a worker.  jobrund speaks the protocol itself,
+without libsystemd (notify.c): these tests check that the daemon under test
+has no libsystemd mapped, so they exercise that code.
 """
 
 import os
@@ -74,14 +77,17 @@ class Listener:
         self.sock.close()
 
 
-def start(env, config, notify, watchdog_usec=None):
-    """Start the daemon with NOTIFY_SOCKET (and WATCHDOG_USEC) set."""
+def start(env, config, notify, watchdog_usec=None, watchdog_pid=None):
+    """Start the daemon with NOTIFY_SOCKET (and WATCHDOG_USEC, WATCHDOG_PID)
+    set."""
     saved = dict(os.environ)
     os.environ["NOTIFY_SOCKET"] = notify
     os.environ.pop("WATCHDOG_USEC", None)
     os.environ.pop("WATCHDOG_PID", None)
     if watchdog_usec is not None:
         os.environ["WATCHDOG_USEC"] = str(watchdog_usec)
+    if watchdog_pid is not None:
+        os.environ["WATCHDOG_PID"] = str(watchdog_pid)
     try:
         return Daemon(env, config)
     finally:
@@ -105,6 +111,10 @@ def test_sequence(tap, env):
     try:
         d = start(env, cfg, path)
         tap.ok(lis.wait_states(1), "a message arrives", d.log()[-10:])
+        with open("/proc/%d/maps" % d.pid) as f:
+            libs = set(l.split()[-1] for l in f if ".so" in l)
+        tap.eq([l for l in libs if "libsystemd" in l], [],
+               "the daemon speaks the protocol itself: no libsystemd mapped")
         msgs = lis.all()
         first = msgs[0][1] if msgs else {}
         tap.eq(lis.states()[:1], ["READY"], "start-up: READY=1")
@@ -190,6 +200,41 @@ def test_watchdog(tap, env):
         lis.close()
 
 
+def test_watchdog_not_ours(tap, env):
+    """WATCHDOG_PID names another process (our parent was meant): no
+    pings, though the other messages go on."""
+    cfg = env.config("""
+  { name = "w_other"; plugin = "square"; mode = "thread"; schedule = "@manual"; }""")
+    path = os.path.join(env.dir, "notify.sock")
+    lis = Listener(path)
+    try:
+        d = start(env, cfg, path, watchdog_usec=100000, watchdog_pid=os.getpid())
+        tap.ok(lis.wait_states(1), "READY=1", d.log()[-10:])
+        time.sleep(0.5)         # five periods of WATCHDOG_USEC/2
+        tap.eq([f for p, f, t in lis.all() if "WATCHDOG" in f], [],
+               "no WATCHDOG=1 when WATCHDOG_PID is not the daemon's pid")
+        d.signal(signal.SIGTERM)
+        tap.eq(d.wait_exit(), 0, "exit 0")
+        tap.eq(lis.states(), ["READY", "STOPPING"], "READY=1, STOPPING=1")
+    finally:
+        lis.close()
+
+
+def test_bad_socket(tap, env):
+    """A NOTIFY_SOCKET that is neither an absolute path nor @abstract (a
+    relative path; systemd's vsock: addresses) is refused with a warning;
+    the daemon runs all the same."""
+    cfg = env.config("""
+  { name = "b"; plugin = "square"; mode = "thread"; inputs = [ 3 ]; }""")
+    d = start(env, cfg, "relative/notify.sock")
+    tap.ok(d.wait_log(r"job b run 1 task 0 input=3: ok output=9"), "the daemon runs",
+           d.log()[-10:])
+    tap.ok(d.wait_log(r"NOTIFY_SOCKET=relative/notify.sock: not a socket path"),
+           "the unusable NOTIFY_SOCKET is logged", d.log()[-10:])
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "and stops cleanly")
+
+
 def test_no_socket(tap, env):
     """Without NOTIFY_SOCKET nothing is sent, and nothing fails."""
     cfg = env.config("""
@@ -207,4 +252,5 @@ def test_no_socket(tap, env):
            "without a word about notification")
 
 
-main([test_sequence, test_watchdog, test_no_socket])
+main([test_sequence, test_watchdog, test_watchdog_not_ours, test_bad_socket,
+      test_no_socket])
