@@ -12,6 +12,7 @@
 #define JOBRUND_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -310,25 +311,31 @@ void json_write_string(FILE *fp, const char *s, size_t len);
 /* ------------------------------------------------------------------ */
 /*
  * Frames on a stream socketpair: u32 length (of what follows, little
- * endian), u8 message type, then the message's fields.  Bump PROTO_VERSION
- * whenever a message changes; HELLO and READY carry it and a mismatch ends
+ * endian), u8 message type, then the message's fields.  Beside the socket
+ * each worker shares one memory block with the daemon (struct proto_shm:
+ * the claim word of its tasks, what it runs, its unsent results); sup.c
+ * says how the two are used.  Bump PROTO_VERSION whenever a message or
+ * the shared block changes; HELLO and READY carry it and a mismatch ends
  * the worker.
  */
-#define PROTO_VERSION 2
+#define PROTO_VERSION 3
 #define PROTO_MAX_FRAME (16u * 1024 * 1024)
+#define PROTO_MAX_BATCH 1024            /* tasks in one TASKS frame */
 
 enum proto_type {
 	MSG_HELLO = 1,  /* daemon -> worker: who you are, what to load */
 	MSG_READY,      /* worker -> daemon: plugin loaded and initialised */
 	MSG_FAIL,       /* worker -> daemon: cannot serve (then exits) */
-	MSG_TASK,       /* daemon -> worker: run one task */
-	MSG_CANCEL,     /* daemon -> worker: stop the current task */
+	MSG_TASKS,      /* daemon -> worker: a batch of tasks to claim and run */
+	MSG_CANCEL,     /* daemon -> worker: stop task ID if it runs */
 	MSG_RESULT,     /* worker -> daemon: one task's result */
 	MSG_LOG,        /* worker -> daemon: a plugin log line */
+	MSG_ACK,        /* daemon -> worker: task ID's output has been taken */
 };
 
 /* Strings are const so that senders can point at what they have; a
- * decoded message owns its strings (free with its proto_*_free). */
+ * decoded message owns its strings (free with its proto_*_free) unless
+ * said otherwise. */
 struct msg_hello {
 	uint32_t version;
 	const char *job, *plugin_dir, *plugin, *settings;     /* settings may be NULL */
@@ -343,17 +350,68 @@ struct msg_hello {
 };
 struct msg_ready { uint32_t version; int32_t pid; };
 struct msg_fail { const char *message; };
-struct msg_task { uint64_t id; const char *input; double timeout_s; };   /* input may be NULL */
+/* Tasks FIRST .. FIRST + COUNT - 1 of a worker's sequence (1 <= COUNT <=
+ * PROTO_MAX_BATCH).  Decoded, INPUTS and its strings are one allocation. */
+struct msg_tasks {
+	uint64_t first;
+	uint32_t count;
+	double timeout_s;                       /* per task; 0: none */
+	const char **inputs;                    /* NULL entries: no input */
+};
 struct msg_cancel { uint64_t id; };
+struct msg_ack { uint64_t id; };
+/* RESULT flags. */
+#define PROTO_RESULT_OUTPUT 1u  /* the task may have written to stdout or
+				   stderr: the daemon takes what the pipe
+				   holds for it, then sends ACK */
+/* A decoded result borrows OUTPUT and ERROR from the frame (not
+ * NUL-terminated; valid while the frame is): nothing to free. */
 struct msg_result {
 	uint64_t id;
 	uint32_t status;                /* enum task_status */
+	uint32_t flags;                 /* PROTO_RESULT_* */
 	const char *output; size_t output_len;
-	const char *error;                    /* may be NULL */
+	const char *error; size_t error_len;  /* error NULL: none */
 	int64_t started_sec; int32_t started_nsec;
 	double wall_s, cpu_s;
 };
 struct msg_log { int32_t priority; const char *text; };
+
+/*
+ * The block a worker shares with the daemon: a memfd the daemon creates,
+ * passed as fd 4 and mapped MAP_SHARED by both (the worker closes the fd
+ * and keeps the mapping from its children).  The daemon treats what the
+ * worker writes here as untrusted, like the socket.
+ */
+struct proto_shm {
+	/* Which tasks may start: limit << 32 | next, both mod 2^32.  The
+	 * worker claims task NEXT with a compare-and-swap to NEXT + 1 while
+	 * next != limit; the daemon grants by raising LIMIT, revokes the
+	 * unstarted by lowering it to NEXT. */
+	_Atomic uint64_t claim;
+	/* What the worker runs: RUN_SEQ is the task's id + 1 (0: none),
+	 * RUN_START its CLOCK_MONOTONIC start in ns; RUN_GEN is odd while
+	 * the worker changes them (a seqlock). */
+	_Atomic uint64_t run_gen, run_seq, run_start;
+	/* Bumped by the daemon before and after each read of the worker's
+	 * output pipe: a task that saw it move may have written output. */
+	_Atomic uint64_t out_gen;
+	/* Bytes of whole RESULT frames in SPOOL not yet known to be sent:
+	 * what a worker that dies leaves here is read by the daemon. */
+	_Atomic uint64_t spool_len;
+};
+#define PROTO_SHM_HEAD 4096                     /* struct proto_shm, padded */
+#define PROTO_SPOOL_SIZE (1024u * 1024)
+#define PROTO_SHM_SIZE (PROTO_SHM_HEAD + PROTO_SPOOL_SIZE)
+#define PROTO_SHM_SPOOL(shm) ((uint8_t *)(shm) + PROTO_SHM_HEAD)
+/* Pack and unpack the claim word; the 64-bit value of a 32-bit count
+ * that lies in [REF, REF + 2^32). */
+static inline uint64_t proto_claim(uint64_t next, uint64_t limit)
+{ return (uint64_t)(uint32_t)limit << 32 | (uint32_t)next; }
+static inline uint64_t proto_claim_next(uint64_t word, uint64_t ref)
+{ return ref + (uint32_t)((uint32_t)word - (uint32_t)ref); }
+static inline uint64_t proto_claim_limit(uint64_t word, uint64_t ref)
+{ return ref + (uint32_t)((uint32_t)(word >> 32) - (uint32_t)ref); }
 
 /* An output buffer holding whole frames. */
 struct pbuf { uint8_t *data; size_t len, cap; };
@@ -362,26 +420,39 @@ void pbuf_free(struct pbuf *b);
 void proto_put_hello(struct pbuf *b, const struct msg_hello *m);
 void proto_put_ready(struct pbuf *b, const struct msg_ready *m);
 void proto_put_fail(struct pbuf *b, const struct msg_fail *m);
-void proto_put_task(struct pbuf *b, const struct msg_task *m);
+void proto_put_tasks(struct pbuf *b, const struct msg_tasks *m);
+/* A TASKS frame built one input at a time: begin, add each, end. */
+size_t proto_tasks_begin(struct pbuf *b, uint64_t first, double timeout_s);
+void proto_tasks_add(struct pbuf *b, const char *input);
+void proto_tasks_end(struct pbuf *b, size_t at, uint32_t count);
 void proto_put_cancel(struct pbuf *b, const struct msg_cancel *m);
+void proto_put_ack(struct pbuf *b, const struct msg_ack *m);
 void proto_put_result(struct pbuf *b, const struct msg_result *m);
+/* The bytes proto_put_result adds for M. */
+size_t proto_result_size(const struct msg_result *m);
 void proto_put_log(struct pbuf *b, const struct msg_log *m);
 
 /* Decode one frame's payload (after the type byte) into M, allocating its
- * strings (free with proto_msg_free).  0, or -1 with errno EPROTO when the
- * payload is malformed (M then holds nothing to free). */
+ * strings (free with its proto_*_free; a RESULT borrows them from P
+ * instead).  0, or -1 with errno EPROTO when the payload is malformed (M
+ * then holds nothing to free). */
 int proto_get_hello(const uint8_t *p, size_t len, struct msg_hello *m);
 int proto_get_ready(const uint8_t *p, size_t len, struct msg_ready *m);
 int proto_get_fail(const uint8_t *p, size_t len, struct msg_fail *m);
-int proto_get_task(const uint8_t *p, size_t len, struct msg_task *m);
+int proto_get_tasks(const uint8_t *p, size_t len, struct msg_tasks *m);
 int proto_get_cancel(const uint8_t *p, size_t len, struct msg_cancel *m);
+int proto_get_ack(const uint8_t *p, size_t len, struct msg_ack *m);
 int proto_get_result(const uint8_t *p, size_t len, struct msg_result *m);
 int proto_get_log(const uint8_t *p, size_t len, struct msg_log *m);
 void proto_hello_free(struct msg_hello *m);
 void proto_fail_free(struct msg_fail *m);
-void proto_task_free(struct msg_task *m);
-void proto_result_free(struct msg_result *m);
+void proto_tasks_free(struct msg_tasks *m);
 void proto_log_free(struct msg_log *m);
+/* The frame at *OFF of BUF (LEN bytes): 1 with TYPE/PAYLOAD/PLEN and *OFF
+ * moved past it, 0 when it is incomplete, -1 (errno EMSGSIZE or EPROTO)
+ * when the bytes are no frame. */
+int proto_next_frame(const uint8_t *buf, size_t len, size_t *off, uint8_t *type,
+		     const uint8_t **payload, size_t *plen);
 
 /* A connection: a receive buffer and a queue of frames to send. */
 struct pconn {

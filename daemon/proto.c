@@ -3,8 +3,13 @@
  *
  * A worker serves one job: the daemon sends HELLO (the job, the plugin,
  * its settings), the worker answers READY or FAIL, then the daemon sends
- * TASKs one at a time and the worker answers each with a RESULT, sending
- * LOG lines in between.  CANCEL asks the worker to stop its current task.
+ * TASKS frames, each a batch of tasks numbered in one sequence per worker,
+ * and the worker answers each task it runs with a RESULT, sending LOG
+ * lines in between.  Which of the tasks it holds a worker may start is
+ * decided by the claim word in the memory block it shares with the daemon
+ * (struct proto_shm, see sup.c), so that the daemon can take back those
+ * it has not started.  CANCEL asks the worker to stop a task; ACK tells it
+ * that the daemon has taken what a task wrote to stdout/stderr.
  *
  * Frames are length-prefixed (u32 little endian, then a type byte) so a
  * reader never needs more than one frame in memory, and a frame larger
@@ -16,6 +21,7 @@
  */
 #include "config.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,20 +60,25 @@ pbuf_free(struct pbuf *b)
 	b->len = b->cap = 0;
 }
 
+/* Fixed-width fields, little endian: a byte-order swap and one copy. */
 static void
 put_u32(struct pbuf *b, uint32_t v)
 {
+	uint32_t le = htole32(v);
+
 	pbuf_reserve(b, 4);
-	for (int i = 0; i < 4; i++)
-		b->data[b->len++] = (uint8_t)(v >> (8 * i));
+	memcpy(b->data + b->len, &le, 4);
+	b->len += 4;
 }
 
 static void
 put_u64(struct pbuf *b, uint64_t v)
 {
+	uint64_t le = htole64(v);
+
 	pbuf_reserve(b, 8);
-	for (int i = 0; i < 8; i++)
-		b->data[b->len++] = (uint8_t)(v >> (8 * i));
+	memcpy(b->data + b->len, &le, 8);
+	b->len += 8;
 }
 
 static void
@@ -160,15 +171,41 @@ proto_put_fail(struct pbuf *b, const struct msg_fail *m)
 	frame_end(b, at);
 }
 
-void
-proto_put_task(struct pbuf *b, const struct msg_task *m)
+size_t
+proto_tasks_begin(struct pbuf *b, uint64_t first, double timeout_s)
 {
-	size_t at = frame_begin(b, MSG_TASK);
+	size_t at = frame_begin(b, MSG_TASKS);
 
-	put_u64(b, m->id);
-	put_str(b, m->input);
-	put_f64(b, m->timeout_s);
+	put_u64(b, first);
+	put_f64(b, timeout_s);
+	put_u32(b, 0);          /* the count: proto_tasks_end */
+	return at;
+}
+
+void
+proto_tasks_add(struct pbuf *b, const char *input)
+{
+	put_str(b, input);
+}
+
+void
+proto_tasks_end(struct pbuf *b, size_t at, uint32_t count)
+{
+	size_t c = at + 4 + 1 + 8 + 8;  /* past length, type, first, timeout */
+
+	for (int i = 0; i < 4; i++)
+		b->data[c + (size_t)i] = (uint8_t)(count >> (8 * i));
 	frame_end(b, at);
+}
+
+void
+proto_put_tasks(struct pbuf *b, const struct msg_tasks *m)
+{
+	size_t at = proto_tasks_begin(b, m->first, m->timeout_s);
+
+	for (uint32_t i = 0; i < m->count; i++)
+		proto_tasks_add(b, m->inputs[i]);
+	proto_tasks_end(b, at, m->count);
 }
 
 void
@@ -181,14 +218,33 @@ proto_put_cancel(struct pbuf *b, const struct msg_cancel *m)
 }
 
 void
-proto_put_result(struct pbuf *b, const struct msg_result *m)
+proto_put_ack(struct pbuf *b, const struct msg_ack *m)
 {
-	size_t at = frame_begin(b, MSG_RESULT);
+	size_t at = frame_begin(b, MSG_ACK);
 
 	put_u64(b, m->id);
+	frame_end(b, at);
+}
+
+size_t
+proto_result_size(const struct msg_result *m)
+{
+	return 4 + 1 + 8 + 4 + 4 + 4 + (m->output ? m->output_len : 0) + 4 +
+	       (m->error ? m->error_len : 0) + 8 + 4 + 8 + 8;
+}
+
+void
+proto_put_result(struct pbuf *b, const struct msg_result *m)
+{
+	size_t at;
+
+	pbuf_reserve(b, proto_result_size(m));
+	at = frame_begin(b, MSG_RESULT);
+	put_u64(b, m->id);
 	put_u32(b, m->status);
+	put_u32(b, m->flags);
 	put_bytes(b, m->output ? m->output : "", m->output ? m->output_len : 0);
-	put_str(b, m->error);
+	put_bytes(b, m->error, m->error_len);
 	put_u64(b, (uint64_t)m->started_sec);
 	put_u32(b, (uint32_t)m->started_nsec);
 	put_f64(b, m->wall_s);
@@ -227,29 +283,27 @@ take(struct reader *r, size_t n)
 static uint32_t
 get_u32(struct reader *r)
 {
-	uint32_t v = 0;
+	uint32_t v;
 
 	if (!take(r, 4))
 		return 0;
-	for (int i = 0; i < 4; i++)
-		v |= (uint32_t)r->p[i] << (8 * i);
+	memcpy(&v, r->p, 4);
 	r->p += 4;
 	r->left -= 4;
-	return v;
+	return le32toh(v);
 }
 
 static uint64_t
 get_u64(struct reader *r)
 {
-	uint64_t v = 0;
+	uint64_t v;
 
 	if (!take(r, 8))
 		return 0;
-	for (int i = 0; i < 8; i++)
-		v |= (uint64_t)r->p[i] << (8 * i);
+	memcpy(&v, r->p, 8);
 	r->p += 8;
 	r->left -= 8;
-	return v;
+	return le64toh(v);
 }
 
 static double
@@ -373,29 +427,86 @@ proto_fail_free(struct msg_fail *m)
 	m->message = NULL;
 }
 
-int
-proto_get_task(const uint8_t *p, size_t len, struct msg_task *m)
+/* A string that stays in the frame: its bytes and length (*S NULL for
+ * "none"). */
+static void
+get_view(struct reader *r, const char **s, size_t *len)
 {
-	struct reader r = { p, len, false };
+	uint32_t n = get_u32(r);
 
-	m->id = get_u64(&r);
-	m->input = get_str(&r, NULL);
+	*s = NULL;
+	*len = 0;
+	if (r->bad || n == STR_NONE)
+		return;
+	if (!take(r, n))
+		return;
+	*s = (const char *)r->p;
+	*len = n;
+	r->p += n;
+	r->left -= n;
+}
+
+int
+proto_get_tasks(const uint8_t *p, size_t len, struct msg_tasks *m)
+{
+	struct reader r = { p, len, false }, body;
+	size_t bytes = 0;
+	char *strs;
+
+	memset(m, 0, sizeof *m);
+	m->first = get_u64(&r);
 	m->timeout_s = get_f64(&r);
-	if (!(m->timeout_s >= 0))       /* also rejects NaN */
+	m->count = get_u32(&r);
+	if (!(m->timeout_s >= 0) ||     /* also rejects NaN */
+	    m->count == 0 || m->count > PROTO_MAX_BATCH ||
+	    m->first > UINT64_MAX - m->count)
 		r.bad = true;
-	if (finish(&r) == -1) {
-		proto_task_free(m);
-		errno = EPROTO;
+	/* First pass: check every input and count the bytes they need. */
+	body = r;
+	for (uint32_t i = 0; i < m->count && !r.bad; i++) {
+		const char *s;
+		size_t n;
+
+		get_view(&r, &s, &n);
+		if (s != NULL)
+			bytes += n + 1;
+	}
+	if (finish(&r) == -1)
 		return -1;
+	/* Second pass: one block for the pointers and the strings. */
+	m->inputs = xmalloc(m->count * sizeof *m->inputs + bytes);
+	strs = (char *)(m->inputs + m->count);
+	for (uint32_t i = 0; i < m->count; i++) {
+		const char *s;
+		size_t n;
+
+		get_view(&body, &s, &n);
+		if (s == NULL) {
+			m->inputs[i] = NULL;
+			continue;
+		}
+		memcpy(strs, s, n);
+		strs[n] = '\0';
+		m->inputs[i] = strs;
+		strs += n + 1;
 	}
 	return 0;
 }
 
 void
-proto_task_free(struct msg_task *m)
+proto_tasks_free(struct msg_tasks *m)
 {
-	free_str(m->input);
-	m->input = NULL;
+	free(m->inputs);
+	m->inputs = NULL;
+}
+
+int
+proto_get_ack(const uint8_t *p, size_t len, struct msg_ack *m)
+{
+	struct reader r = { p, len, false };
+
+	m->id = get_u64(&r);
+	return finish(&r);
 }
 
 int
@@ -415,30 +526,22 @@ proto_get_result(const uint8_t *p, size_t len, struct msg_result *m)
 	memset(m, 0, sizeof *m);
 	m->id = get_u64(&r);
 	m->status = get_u32(&r);
-	m->output = get_str(&r, &m->output_len);
-	m->error = get_str(&r, NULL);
+	m->flags = get_u32(&r);
+	get_view(&r, &m->output, &m->output_len);
+	get_view(&r, &m->error, &m->error_len);
 	m->started_sec = (int64_t)get_u64(&r);
 	m->started_nsec = (int32_t)get_u32(&r);
 	m->wall_s = get_f64(&r);
 	m->cpu_s = get_f64(&r);
 	if (m->output == NULL || m->status > TASK_SKIPPED ||
+	    (m->flags & ~PROTO_RESULT_OUTPUT) != 0 ||
 	    m->started_nsec < 0 || m->started_nsec >= 1000000000)
 		r.bad = true;
 	if (finish(&r) == -1) {
-		proto_result_free(m);
-		errno = EPROTO;
+		memset(m, 0, sizeof *m);
 		return -1;
 	}
 	return 0;
-}
-
-void
-proto_result_free(struct msg_result *m)
-{
-	free_str(m->output);
-	free_str(m->error);
-	m->output = NULL;
-	m->error = NULL;
 }
 
 int
@@ -507,10 +610,11 @@ pconn_read(struct pconn *c)
 }
 
 int
-pconn_next(struct pconn *c, uint8_t *type, const uint8_t **payload, size_t *len)
+proto_next_frame(const uint8_t *buf, size_t len, size_t *off, uint8_t *type,
+		 const uint8_t **payload, size_t *plen)
 {
-	const uint8_t *p = c->rbuf + c->rskip;
-	size_t avail = c->rlen - c->rskip;
+	const uint8_t *p = buf + *off;
+	size_t avail = len - *off;
 	uint32_t flen;
 
 	if (avail < 4)
@@ -529,9 +633,17 @@ pconn_next(struct pconn *c, uint8_t *type, const uint8_t **payload, size_t *len)
 		return 0;
 	*type = p[4];
 	*payload = p + 5;
-	*len = flen - 1;
-	c->rskip += 4 + (size_t)flen;
+	*plen = flen - 1;
+	*off += 4 + (size_t)flen;
 	return 1;
+}
+
+int
+pconn_next(struct pconn *c, uint8_t *type, const uint8_t **payload, size_t *len)
+{
+	if (c->rbuf == NULL)
+		return 0;
+	return proto_next_frame(c->rbuf, c->rlen, &c->rskip, type, payload, len);
 }
 
 int

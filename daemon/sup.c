@@ -7,18 +7,55 @@
  *   - in its own process group, so a kill reaches whatever it started;
  *   - with an empty signal mask and default dispositions (the daemon
  *     blocks the signals its signalfd reads, and children must not);
- *   - with only fds 0-3: /dev/null, a pipe for stdout and stderr (read
- *     here and logged with the job's name), and its socketpair end;
+ *   - with only fds 0-4: /dev/null, a pipe for stdout and stderr (read
+ *     here and logged with the job's name), its socketpair end, and the
+ *     memory block it shares with us (which it maps and closes);
  *   - watched through a pidfd, so its exit is an event in the loop and
  *     no signal ever reaches a recycled pid.
  *
- * A worker's life:  STARTING --READY--> IDLE --TASK--> BUSY --RESULT--> IDLE
- * and from any state, its exit ends it.  An exit while BUSY decides the
- * task's result: `timeout` when we killed it for its deadline, `cancelled`
- * when we killed it for a cancel, `killed` when someone else sent a
- * termination signal (kill, pkill), `crashed` for a fault signal or an
- * exit.  Consecutive deaths delay the next spawn (100 ms doubling up to
- * 5 s) so a crash loop cannot spin.
+ * A worker's life:  STARTING --READY--> READY, and from either state, its
+ * exit ends it.  A ready worker is idle while it holds no task.
+ *
+ * Tasks travel in batches.  Each worker numbers its tasks in one sequence
+ * (ids); a TASKS frame carries consecutive ones, and the worker answers
+ * every task it runs with a RESULT, in id order.  Which tasks it may
+ * start is the claim word in the shared block (struct proto_shm): tasks
+ * next..limit-1.  We grant by raising the limit before sending a batch;
+ * the worker claims each task with a compare-and-swap of next before it
+ * runs it; we take back (revoke) the ones not started with a
+ * compare-and-swap lowering limit to next, and queue them again, in
+ * order, at the front.  So a task runs at most once, and one that has not
+ * started is never lost with its worker.  We revoke when a worker is idle
+ * and the queue is empty while another holds unstarted tasks (a slow task
+ * never holds up those behind it), when a worker is stopped (timeout,
+ * cancel, retirement) and when it dies.  After a revocation the next
+ * grant moves next past the ids taken back, so that an id is never
+ * granted twice.
+ *
+ * The batch size adapts per pool: 1 to start, doubled while a batch is
+ * worth less than BATCH_TARGET of work (by the tasks' wall time), shrunk
+ * at once when tasks are slow; a worker holds at most two batches (one
+ * task while the batch size is 1), no more than its share of what is
+ * queued, so the tail of a run is spread over the workers, and nothing
+ * new while it has been running one task for long (it is "stalled").
+ * Per task the daemon does no system call and arms no timer: a batch is
+ * one write, its results one read.
+ *
+ * The block is untrusted, as the socket is: every value read there is
+ * checked against what we sent, and a worker whose block makes no sense
+ * is killed.  What it says is running decides deadlines: one timer per
+ * worker, armed while it holds tasks, for the deadline of the task it
+ * runs.  Its exit decides that task's result: `timeout` when we killed it
+ * for its deadline, `cancelled` when we killed it for a cancel, `killed`
+ * when someone else sent a termination signal (kill, pkill), `crashed`
+ * for a fault signal or an exit.  Results it computed but had not sent
+ * are in the block's spool, read at its exit.  Consecutive deaths delay
+ * the next spawn (100 ms doubling up to 5 s) so a crash loop cannot spin.
+ *
+ * What a worker writes to stdout/stderr while it holds tasks is kept
+ * (up to output_limit) until a RESULT says its task may have written it;
+ * the worker then waits for our ACK before claiming the next task, so
+ * output is never counted with the wrong task (see worker.c).
  */
 #include "config.h"
 
@@ -32,6 +69,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -51,8 +89,22 @@ extern char **environ;
 #define STARTUP_TIMEOUT 60.0            /* seconds to READY, then killed */
 #define SOCKET_LOST_GRACE 1.0           /* a dying worker's socket closes
 					   a moment before its exit shows */
+#define BATCH_MAX 1024                  /* tasks in one TASKS frame */
+#define BATCH_TARGET 0.0005             /* s of work a batch aims at */
+#define STALL_MIN 0.001                 /* s: a task running longer than
+					   this (and than STALL_FACTOR times
+					   the mean) holds up its worker */
+#define STALL_FACTOR 8
+#define SUBMIT_POLL 1024                /* queued tasks between looks at the
+					   workers while a run submits */
 
-enum wstate { W_STARTING, W_IDLE, W_BUSY };
+enum wstate { W_STARTING, W_READY };
+
+/* A task handed to a worker and not reported: its id there. */
+struct slot {
+	struct task *task;
+	uint64_t id;
+};
 
 struct worker {
 	struct sup_pool *pool;
@@ -60,22 +112,39 @@ struct worker {
 	int pidfd, sock, outfd;
 	struct pconn conn;
 	struct loop_watch *sock_w, *pid_w, *out_w;
+	struct proto_shm *shm;          /* shared block; NULL once unmapped */
 	char line[OUT_LINE_MAX];
 	size_t linelen;
 	uint64_t line_skipped;          /* bytes of an over-long line not logged */
 	enum wstate state;
-	struct task *task;
-	uint64_t task_id;
-	struct loop_timer *deadline_timer, *escalate_timer;
+	/* Its tasks not yet reported, in id order: a ring. */
+	struct slot *ring;
+	size_t rcap, rhead, rlen;
+	uint64_t next_id;               /* id of the next task sent */
+	uint64_t claim_next;            /* the claim word's next, as last seen */
+	uint64_t claim_limit;           /* the claim word's limit, as we set it */
+	/* A task being stopped (its deadline, a cancel). */
+	bool stop_set;
+	uint64_t stop_id;
+	bool timed_out, cancelled;
+	struct loop_timer *timer;       /* start-up, then task deadlines */
+	bool timer_armed;
+	struct loop_timer *escalate_timer;
 	int escalation;                 /* 0 none, 1 asked, 2 SIGTERM, 3 SIGKILL */
-	bool timed_out, cancelled, stopping;
+	bool stopping;
 	bool hard_stop;                 /* shutdown: grace is shutdown_grace */
 	bool gone;                      /* reaped: being torn down */
 	bool lost_socket;               /* its socket closed while it worked */
+	bool corrupt;                   /* its shared block made no sense */
+	bool reading;                   /* in read_socket */
 	struct loop_timer *lost_timer;  /* from that EOF to its exit */
 	char *fail_msg;                 /* from a FAIL message */
 	int tasks_done;
-	double task_sent;               /* mono_now() when its task was sent */
+	int granted;                    /* tasks given (not taken back), in all */
+	/* Output read while it held tasks, not yet counted with one. */
+	char *pend;
+	size_t pend_len, pend_dropped;
+	double spawned;                 /* mono_now() at spawn */
 	unsigned long seq;              /* JOBRUND_WORKER tag: pid.seq */
 	struct worker *next;            /* in its pool */
 	struct worker *all_prev, *all_next;     /* every live worker */
@@ -87,14 +156,20 @@ struct sup_pool {
 	struct worker *workers;
 	int nworkers;
 	struct task *qhead, *qtail;
+	size_t nqueued;
 	bool stopping;
 	double grace;
 	struct loop_timer *grace_timer, *spawn_timer, *free_timer;
+	struct loop_timer *kick_timer;  /* a dispatch soon, not now */
+	bool kicked;                    /* kick_timer armed */
+	uint64_t submitted;             /* tasks submitted, for SUBMIT_POLL */
 	int failures;                   /* consecutive worker deaths */
 	int startup_failures;           /* consecutive deaths before READY */
 	double next_spawn;              /* mono_now() time */
 	bool shortage_logged;           /* "cannot start more workers" said */
-	uint64_t last_task_id;
+	int batch;                      /* tasks per TASKS frame now */
+	double task_s;                  /* recent mean wall time of a task */
+	bool dispatching;
 };
 
 static int live_workers;
@@ -104,6 +179,7 @@ static int pools_stopping;          /* stopped, not yet freed */
 
 static void dispatch(struct sup_pool *sp);
 static void worker_gone(struct worker *w, const siginfo_t *si);
+static void close_socket(struct worker *w);
 
 const char *
 sup_worker_path(void)
@@ -171,8 +247,11 @@ sup_new(struct job_def *def, const struct jr_config *cfg)
 
 	sp->def = def;
 	sp->cfg = cfg;
+	sp->batch = 1;
 	return sp;
 }
+
+/* --- the queue -------------------------------------------------------- */
 
 static void
 queue_push(struct sup_pool *sp, struct task *t)
@@ -183,6 +262,17 @@ queue_push(struct sup_pool *sp, struct task *t)
 	else
 		sp->qhead = t;
 	sp->qtail = t;
+	sp->nqueued++;
+}
+
+static void
+queue_push_front(struct sup_pool *sp, struct task *t)
+{
+	t->next = sp->qhead;
+	sp->qhead = t;
+	if (sp->qtail == NULL)
+		sp->qtail = t;
+	sp->nqueued++;
 }
 
 static struct task *
@@ -195,6 +285,7 @@ queue_pop(struct sup_pool *sp)
 		if (sp->qhead == NULL)
 			sp->qtail = NULL;
 		t->next = NULL;
+		sp->nqueued--;
 	}
 	return t;
 }
@@ -210,6 +301,7 @@ queue_remove(struct sup_pool *sp, struct task *t)
 			if (sp->qtail == t)
 				sp->qtail = prev;
 			t->next = NULL;
+			sp->nqueued--;
 			return true;
 		}
 	}
@@ -227,6 +319,192 @@ finish_unstarted(struct task *t, enum task_status st, const char *why)
 	run_task_done(t);
 }
 
+static void
+kick_fired(void *arg)
+{
+	struct sup_pool *sp = arg;
+
+	sp->kicked = false;
+	dispatch(sp);
+}
+
+/* Dispatch from the loop, soon: for callers in the middle of something,
+ * and for a run submitting its tasks one by one (one dispatch for all). */
+static void
+kick(struct sup_pool *sp)
+{
+	if (sp->kicked)
+		return;
+	if (sp->kick_timer == NULL)
+		sp->kick_timer = loop_timer_new(kick_fired, sp);
+	loop_timer_set(sp->kick_timer, 0, 0);
+	sp->kicked = true;
+}
+
+/* --- a worker's tasks --------------------------------------------------- */
+
+static struct slot *
+ring_at(struct worker *w, size_t i)
+{
+	return &w->ring[(w->rhead + i) & (w->rcap - 1)];
+}
+
+static void
+ring_push(struct worker *w, struct task *t, uint64_t id)
+{
+	if (w->rlen == w->rcap) {
+		size_t cap = w->rcap ? w->rcap * 2 : 16;
+		struct slot *ring = xmalloc(cap * sizeof *ring);
+
+		for (size_t i = 0; i < w->rlen; i++)
+			ring[i] = *ring_at(w, i);
+		free(w->ring);
+		w->ring = ring;
+		w->rcap = cap;
+		w->rhead = 0;
+	}
+	*ring_at(w, w->rlen) = (struct slot){ t, id };
+	w->rlen++;
+}
+
+static struct slot
+ring_pop_front(struct worker *w)
+{
+	struct slot s = *ring_at(w, 0);
+
+	w->rhead = (w->rhead + 1) & (w->rcap - 1);
+	w->rlen--;
+	return s;
+}
+
+static struct slot
+ring_pop_back(struct worker *w)
+{
+	w->rlen--;
+	return *ring_at(w, w->rlen);
+}
+
+/* The claim word: 0 with its NEXT (tasks below it have started), or -1
+ * when it cannot be what the worker may have made of what we set. */
+static int
+page_claim(struct worker *w, uint64_t *word, uint64_t *next)
+{
+	uint64_t v, n;
+
+	if (w->shm == NULL || w->corrupt)
+		return -1;
+	v = atomic_load_explicit(&w->shm->claim, memory_order_acquire);
+	n = proto_claim_next(v, w->claim_next);
+	if ((uint32_t)(v >> 32) != (uint32_t)w->claim_limit || n > w->claim_limit) {
+		w->corrupt = true;
+		return -1;
+	}
+	w->claim_next = n;
+	*word = v;
+	*next = n;
+	return 0;
+}
+
+/* What the worker runs: 1 with its id and start (CLOCK_MONOTONIC s), 0
+ * when it runs nothing, -1 when the block makes no sense. */
+static int
+page_running(struct worker *w, uint64_t *id, double *start)
+{
+	uint64_t word, next, g1, g2, seq = 0, ns = 0;
+	int tries;
+
+	if (w->shm == NULL)
+		return -1;
+	/* The claim word after what runs: a task is claimed before the
+	 * worker says it runs it. */
+	for (tries = 0; tries < 1000; tries++) {
+		g1 = atomic_load_explicit(&w->shm->run_gen, memory_order_acquire);
+		if (g1 & 1)
+			continue;
+		seq = atomic_load_explicit(&w->shm->run_seq, memory_order_relaxed);
+		ns = atomic_load_explicit(&w->shm->run_start, memory_order_relaxed);
+		atomic_thread_fence(memory_order_acquire);
+		g2 = atomic_load_explicit(&w->shm->run_gen, memory_order_relaxed);
+		if (g1 == g2)
+			break;
+	}
+	if (page_claim(w, &word, &next) == -1)
+		return -1;
+	if (tries == 1000 || seq == 0)
+		return 0;       /* changing under us: it is between tasks */
+	*id = seq - 1;
+	*start = (double)ns / 1e9;
+	/* It must be a task it claimed and has not reported, started
+	 * after the worker did and not in the future. */
+	if (w->rlen == 0 || *id < ring_at(w, 0)->id || *id >= next ||
+	    *start < w->spawned - 1 || *start > mono_now() + 1) {
+		w->corrupt = true;
+		return -1;
+	}
+	return 1;
+}
+
+/* Take back the tasks W has not started whose ids are FROM or more (0:
+ * all), putting them at the front of the queue in order; how many. */
+static size_t
+take_back(struct worker *w, uint64_t from)
+{
+	struct sup_pool *sp = w->pool;
+	uint64_t word, next, limit;
+	size_t n = 0;
+
+	for (;;) {
+		if (page_claim(w, &word, &next) == -1)
+			return 0;       /* its death will sort them out */
+		limit = from > next ? from : next;
+		if (limit >= w->claim_limit)
+			return 0;
+		if (atomic_compare_exchange_strong_explicit(&w->shm->claim, &word,
+			    proto_claim(next, limit), memory_order_acq_rel,
+			    memory_order_acquire))
+			break;
+	}
+	w->claim_limit = limit;
+	while (w->rlen > 0 && ring_at(w, w->rlen - 1)->id >= limit) {
+		struct slot s = ring_pop_back(w);
+
+		s.task->exec_priv = NULL;
+		queue_push_front(sp, s.task);
+		w->granted--;
+		n++;
+	}
+	return n;
+}
+
+/* Let W start N more tasks, ids next_id..: 0, or -1 when it cannot be
+ * given any now (tasks of its own still wait below a revoked range, or
+ * its block is corrupt). */
+static int
+grant(struct worker *w, uint32_t n)
+{
+	uint64_t word, next, want;
+
+	for (;;) {
+		if (page_claim(w, &word, &next) == -1)
+			return -1;
+		if (w->claim_limit == w->next_id) {
+			want = proto_claim(next, w->next_id + n);
+		} else if (next == w->claim_limit) {
+			/* Past the ids taken back: none is granted twice. */
+			want = proto_claim(w->next_id, w->next_id + n);
+		} else {
+			return -1;
+		}
+		if (atomic_compare_exchange_strong_explicit(&w->shm->claim, &word, want,
+			    memory_order_acq_rel, memory_order_acquire))
+			break;
+	}
+	if (w->claim_limit != w->next_id)
+		w->claim_next = w->next_id;
+	w->claim_limit = w->next_id + n;
+	return 0;
+}
+
 /* --- sending ---------------------------------------------------------- */
 
 static void
@@ -236,7 +514,7 @@ worker_flush(struct worker *w)
 
 	if (rc == -1) {
 		/* The worker is going away; its exit will be reported. */
-		if (errno != EPIPE && errno != ECONNRESET)
+		if (errno != EPIPE && errno != ECONNRESET && errno != EBADF)
 			log_warn("job %s: worker %d: write", w->pool->def->name, (int)w->pid);
 		w->conn.out.len = 0;
 		w->conn.out_off = 0;
@@ -259,6 +537,20 @@ signal_group(struct worker *w, int sig)
 		log_warn("job %s: kill(-%d, %d)", w->pool->def->name, (int)w->pid, sig);
 	/* Also through the pidfd, in case the worker left its group. */
 	pidfd_send_signal(w->pidfd, sig, NULL, 0);
+}
+
+/* A worker whose shared block makes no sense: it dies, and its tasks
+ * with it (see worker_gone). */
+static void
+kill_corrupt(struct worker *w)
+{
+	if (w->escalation >= 3 || w->gone)
+		return;
+	log_msg(LOG_ERR, "job %s: worker %d: its shared state with jobrund is "
+		"corrupt: stopping it", w->pool->def->name, (int)w->pid);
+	w->corrupt = true;
+	w->escalation = 3;
+	signal_group(w, SIGKILL);
 }
 
 /* The next step of stopping a busy worker: SIGTERM, then SIGKILL. */
@@ -287,17 +579,44 @@ escalate(void *arg)
 }
 
 static void
-deadline_passed(void *arg)
+arm_deadline(struct worker *w, double after)
 {
-	struct worker *w = arg;
+	loop_timer_set(w->timer, after, 0);
+	w->timer_armed = true;
+}
 
-	loop_timer_remove(w->deadline_timer);
-	w->deadline_timer = NULL;
-	if (w->state != W_BUSY)
-		return;
+static void
+disarm_deadline(struct worker *w)
+{
+	if (w->timer_armed) {
+		loop_timer_set(w->timer, -1, 0);
+		w->timer_armed = false;
+	}
+}
+
+/* The task W runs passed its deadline: stop it. */
+static void
+task_timed_out(struct worker *w, uint64_t id)
+{
+	struct sup_pool *sp = w->pool;
+	struct task *t = NULL;
+
+	for (size_t i = 0; i < w->rlen; i++)
+		if (ring_at(w, i)->id == id)
+			t = ring_at(w, i)->task;
+	size_t n;
+
+	/* Nothing else starts there now. */
+	if ((n = take_back(w, 0)) > 0)
+		kick(sp);
+	w->stop_set = true;
+	w->stop_id = id;
 	w->timed_out = true;
-	log_msg(LOG_NOTICE, "job %s: task %zu timed out after %gs",
-		w->pool->def->name, w->task->index, w->pool->def->timeout_s);
+	log_msg(LOG_NOTICE, "job %s: task %zu timed out after %gs", sp->def->name,
+		t ? t->index : (size_t)0, sp->def->timeout_s);
+	if (n > 0)
+		log_info("job %s: worker %d: %zu task%s it had not started go to "
+			 "other workers", sp->def->name, (int)w->pid, n, n == 1 ? "" : "s");
 	if (w->escalation >= 1)
 		return;         /* already being stopped: let that go on */
 	/* Straight to SIGTERM: the plugin saw the same deadline through
@@ -307,31 +626,85 @@ deadline_passed(void *arg)
 }
 
 static void
-send_task(struct worker *w, struct task *t)
+startup_expired(struct worker *w)
 {
-	struct sup_pool *sp = w->pool;
-	struct msg_task m;
-
-	m.id = ++sp->last_task_id;
-	m.input = t->input;
-	m.timeout_s = sp->def->timeout_s;
-	w->task = t;
-	w->task_id = m.id;
-	w->state = W_BUSY;
-	w->timed_out = w->cancelled = false;
-	w->escalation = 0;
-	t->exec_priv = w;
-	t->result.pid = w->pid;
-	/* What a task killed before it could report is dated from here. */
-	w->task_sent = mono_now();
-	clock_gettime(CLOCK_REALTIME, &t->result.started);
-	proto_put_task(&w->conn.out, &m);
-	worker_flush(w);
-	if (sp->def->timeout_s > 0)
-		w->deadline_timer = loop_timer_add(sp->def->timeout_s, 0, deadline_passed, w);
+	log_msg(LOG_ERR, "job %s: worker %d not ready after %gs (a plugin init that "
+		"hangs?): killing it", w->pool->def->name, (int)w->pid, STARTUP_TIMEOUT);
+	signal_group(w, SIGKILL);
 }
 
-/* --- receiving -------------------------------------------------------- */
+/* The worker's timer: its start-up limit, then the deadline of the task
+ * it runs, read from the shared block. */
+static void
+timer_fired(void *arg)
+{
+	struct worker *w = arg;
+	double timeout = w->pool->def->timeout_s, start;
+	uint64_t id;
+	int rc;
+
+	w->timer_armed = false;
+	if (w->gone)
+		return;
+	if (w->state == W_STARTING) {
+		startup_expired(w);
+		return;
+	}
+	if (w->rlen == 0 || timeout <= 0 || w->stop_set)
+		return;
+	rc = page_running(w, &id, &start);
+	if (rc == -1) {
+		kill_corrupt(w);
+		return;
+	}
+	if (rc == 1) {
+		double ran = mono_now() - start;
+
+		if (ran >= timeout) {
+			task_timed_out(w, id);
+			return;
+		}
+		arm_deadline(w, timeout - ran);
+		return;
+	}
+	/* Between tasks: none can have run longer than this. */
+	arm_deadline(w, timeout);
+}
+
+/* Give W N tasks from the head of the queue, as one TASKS frame. */
+static void
+send_batch(struct worker *w, uint32_t n)
+{
+	struct sup_pool *sp = w->pool;
+	size_t at;
+
+	if (grant(w, n) == -1) {
+		if (w->corrupt)
+			kill_corrupt(w);
+		return;
+	}
+	if (w->rlen == 0 && sp->def->timeout_s > 0 && !w->timer_armed)
+		arm_deadline(w, sp->def->timeout_s);
+	at = proto_tasks_begin(&w->conn.out, w->next_id, sp->def->timeout_s);
+	for (uint32_t i = 0; i < n; i++) {
+		struct task *t = queue_pop(sp);
+
+		/* A run's tasks are one array, queued in order: fetch those a
+		 * few places on before they are needed (a hint only, harmless
+		 * when they lie elsewhere). */
+		__builtin_prefetch((const void *)((uintptr_t)t + 16 * sizeof *t), 1);
+		proto_tasks_add(&w->conn.out, t->input);
+		ring_push(w, t, w->next_id + i);
+		t->exec_priv = w;
+		t->result.pid = w->pid;
+	}
+	proto_tasks_end(&w->conn.out, at, n);
+	w->next_id += n;
+	w->granted += (int)n;
+	worker_flush(w);
+}
+
+/* --- output ----------------------------------------------------------- */
 
 static void
 log_output_line(struct worker *w)
@@ -352,30 +725,63 @@ log_skipped(struct worker *w)
 	w->line_skipped = 0;
 }
 
-/* Keep what the worker writes during a task with the task's result, up to
- * the job's output_limit; count the rest. */
+/* The end of a task's output: its last unfinished line too. */
+static void
+end_output_line(struct worker *w)
+{
+	if (w->line_skipped)
+		log_skipped(w);
+	else if (w->linelen)
+		log_output_line(w);
+}
+
+/* Keep what the worker writes while it holds tasks, up to the job's
+ * output_limit; count the rest.  Whose it is, a RESULT says. */
 static void
 keep_output(struct worker *w, const char *buf, size_t n)
 {
-	struct task_result *r = &w->task->result;
 	size_t limit = w->pool->def->output_limit;
-	size_t room = limit > r->worker_output_len ? limit - r->worker_output_len : 0;
+	size_t room = limit > w->pend_len ? limit - w->pend_len : 0;
 	size_t take = n < room ? n : room;
 
 	if (take > 0) {
-		r->worker_output = xrealloc(r->worker_output, r->worker_output_len + take + 1);
-		memcpy(r->worker_output + r->worker_output_len, buf, take);
-		r->worker_output_len += take;
-		r->worker_output[r->worker_output_len] = '\0';
+		w->pend = xrealloc(w->pend, w->pend_len + take + 1);
+		memcpy(w->pend + w->pend_len, buf, take);
+		w->pend_len += take;
+		w->pend[w->pend_len] = '\0';
 	}
-	if (take < n) {
-		if (r->worker_output_dropped == 0)
-			log_msg(LOG_NOTICE, "job %s: worker %d: task %zu wrote more than "
-				"output_limit (%zu bytes): keeping the first %zu",
-				w->pool->def->name, (int)w->pid, w->task->index,
-				limit, limit);
-		r->worker_output_dropped += n - take;
-	}
+	w->pend_dropped += n - take;
+}
+
+/* What was kept is task T's. */
+static void
+give_output(struct worker *w, struct task *t)
+{
+	struct task_result *r = &t->result;
+
+	if (w->pend_len == 0 && w->pend_dropped == 0)
+		return;
+	free(r->worker_output);
+	r->worker_output = w->pend;
+	r->worker_output_len = w->pend_len;
+	r->worker_output_dropped = w->pend_dropped;
+	if (w->pend_dropped)
+		log_msg(LOG_NOTICE, "job %s: worker %d: task %zu wrote more than "
+			"output_limit (%zu bytes): kept the first %zu",
+			w->pool->def->name, (int)w->pid, t->index,
+			w->pool->def->output_limit, w->pend_len);
+	w->pend = NULL;
+	w->pend_len = w->pend_dropped = 0;
+}
+
+static void
+close_output(struct worker *w)
+{
+	end_output_line(w);
+	loop_remove(w->out_w);
+	w->out_w = NULL;
+	close(w->outfd);
+	w->outfd = -1;
 }
 
 static void
@@ -387,25 +793,24 @@ read_output(struct worker *w, bool drain)
 
 	/* Draining takes what is there now, not what a child still holding
 	 * the pipe goes on writing: the loop must not be held here. */
-	if (drain && ioctl(w->outfd, FIONREAD, &avail) == 0)
-		limit = (size_t)avail;  /* 0: nothing to read, no read(2) */
+	if (drain && ioctl(w->outfd, FIONREAD, &avail) == 0) {
+		if (avail == 0)
+			return;
+		limit = (size_t)avail;
+	}
+	/* Tell the worker: a task during which this moved may have written
+	 * output, though the pipe looks empty after it. */
+	if (w->shm)
+		atomic_fetch_add_explicit(&w->shm->out_gen, 1, memory_order_acq_rel);
 	while (total < limit) {
 		ssize_t n = read(w->outfd, buf, sizeof buf);
 		if (n <= 0) {
-			if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-				if (w->linelen)
-					log_output_line(w);
-				if (w->line_skipped)
-					log_skipped(w);
-				loop_remove(w->out_w);
-				w->out_w = NULL;
-				close(w->outfd);
-				w->outfd = -1;
-			}
-			return;
+			if (n == 0 || (errno != EAGAIN && errno != EINTR))
+				close_output(w);
+			break;
 		}
 		total += (size_t)n;
-		if (w->state == W_BUSY && w->task)
+		if (w->rlen > 0)
 			keep_output(w, buf, (size_t)n);
 		for (ssize_t i = 0; i < n; i++) {
 			if (buf[i] == '\n') {
@@ -427,6 +832,8 @@ read_output(struct worker *w, bool drain)
 			w->line[w->linelen++] = buf[i];
 		}
 	}
+	if (w->shm)
+		atomic_fetch_add_explicit(&w->shm->out_gen, 1, memory_order_acq_rel);
 }
 
 static void
@@ -436,6 +843,8 @@ on_output(int fd, uint32_t events, void *arg)
 	(void)events;
 	read_output(arg, false);
 }
+
+/* --- worker limits ---------------------------------------------------- */
 
 /* A worker's resident set size in bytes, from /proc; 0 if unknown. */
 static uint64_t
@@ -455,23 +864,27 @@ worker_rss(pid_t pid)
 	return kb * 1024;
 }
 
-/* Retire a worker gracefully: it exits at the socket's EOF. */
-static void close_socket(struct worker *w);
-
+/* Retire a worker gracefully: nothing new starts there, and once its
+ * last task is reported it exits at the socket's EOF. */
 static void
 retire_worker(struct worker *w)
 {
 	w->stopping = true;
-	close_socket(w);
+	if (take_back(w, 0) > 0)
+		kick(w->pool);
+	if (w->rlen == 0)
+		close_socket(w);
 }
 
-/* max_tasks_per_worker and max_rss, checked after each task. */
+/* max_tasks_per_worker and max_rss, checked as results come in. */
 static void
 check_worker_limits(struct worker *w)
 {
 	const struct job_def *def = w->pool->def;
 	uint64_t rss;
 
+	if (w->stopping || w->gone)
+		return;
 	if (def->max_tasks_per_worker > 0 && w->tasks_done >= def->max_tasks_per_worker) {
 		log_debug("job %s: worker %d retired after %d tasks (max_tasks_per_worker)",
 			  def->name, (int)w->pid, w->tasks_done);
@@ -486,69 +899,119 @@ check_worker_limits(struct worker *w)
 	}
 }
 
-static void
-take_result(struct worker *w, const uint8_t *p, size_t len)
-{
-	struct msg_result m;
-	struct task *t = w->task;
+/* --- receiving -------------------------------------------------------- */
 
-	if (proto_get_result(p, len, &m) == -1) {
-		log_msg(LOG_ERR, "job %s: worker %d sent a malformed result: stopping it",
-			w->pool->def->name, (int)w->pid);
+/* What a read's results say about the pool's tasks. */
+struct rstats {
+	size_t n;
+	double wall;
+};
+
+static void
+take_result(struct worker *w, const struct msg_result *m, struct rstats *st)
+{
+	struct task *t;
+	struct task_result *r;
+
+	if (w->rlen == 0 || m->id != ring_at(w, 0)->id) {
+		log_msg(LOG_ERR, "job %s: worker %d sent a result for task %" PRIu64
+			" it was not running: stopping it", w->pool->def->name,
+			(int)w->pid, m->id);
+		w->escalation = 3;
 		signal_group(w, SIGKILL);
 		return;
 	}
-	/* What the task printed before returning is in the pipe already:
-	 * take it now, so it is kept with this task and not the next. */
-	if (w->state == W_BUSY && w->outfd != -1)
-		read_output(w, true);
-	/* The task is over, and so is its last unfinished line. */
-	if (w->line_skipped)
-		log_skipped(w);
-	else if (w->linelen)
-		log_output_line(w);
-	if (w->state != W_BUSY || m.id != w->task_id) {
-		log_msg(LOG_ERR, "job %s: worker %d sent a result for task %" PRIu64
-			" it was not running: ignored", w->pool->def->name, (int)w->pid, m.id);
-		proto_result_free(&m);
-		return;
+	if (m->flags & PROTO_RESULT_OUTPUT) {
+		/* What the task printed before returning is in the pipe
+		 * already: take it now, so it is kept with this task and not
+		 * the next (which waits for our ACK to start). */
+		if (w->outfd != -1)
+			read_output(w, true);
+		end_output_line(w);
 	}
-	loop_timer_remove(w->deadline_timer);
-	loop_timer_remove(w->escalate_timer);
-	w->deadline_timer = w->escalate_timer = NULL;
+	t = ring_pop_front(w).task;
+	r = &t->result;
+	if (m->flags & PROTO_RESULT_OUTPUT) {
+		struct msg_ack ack = { .id = m->id };
 
-	free(t->result.output);
-	free(t->result.error);
-	t->result.status = (enum task_status)m.status;
-	t->result.output = xmalloc(m.output_len + 1);
-	memcpy(t->result.output, m.output, m.output_len + 1);
-	t->result.output_len = m.output_len;
-	t->result.error = m.error ? xstrdup(m.error) : NULL;
-	t->result.started.tv_sec = (time_t)m.started_sec;
-	t->result.started.tv_nsec = m.started_nsec;
-	t->result.wall_s = m.wall_s;
-	t->result.cpu_s = m.cpu_s;
-	t->result.pid = w->pid;
-	proto_result_free(&m);
-	if (w->timed_out && t->result.status != TASK_OK)
-		t->result.status = TASK_TIMEOUT;
-	else if (w->cancelled && t->result.status != TASK_OK)
-		t->result.status = TASK_CANCELLED;
-
-	w->task = NULL;
-	w->state = W_IDLE;
-	w->pool->failures = 0;
+		give_output(w, t);
+		if (w->sock != -1 && !w->gone)
+			proto_put_ack(&w->conn.out, &ack);
+	}
+	/* A first attempt has neither: no call for nothing. */
+	if (r->output)
+		free(r->output);
+	if (r->error)
+		free(r->error);
+	r->status = (enum task_status)m->status;
+	r->output = xmalloc(m->output_len + 1);
+	memcpy(r->output, m->output, m->output_len);
+	r->output[m->output_len] = '\0';
+	r->output_len = m->output_len;
+	r->error = NULL;
+	if (m->error) {
+		r->error = xmalloc(m->error_len + 1);
+		memcpy(r->error, m->error, m->error_len);
+		r->error[m->error_len] = '\0';
+	}
+	r->started.tv_sec = (time_t)m->started_sec;
+	r->started.tv_nsec = m->started_nsec;
+	r->wall_s = m->wall_s;
+	r->cpu_s = m->cpu_s;
+	r->pid = w->pid;
+	if (w->stop_set && m->id == w->stop_id) {
+		if (w->timed_out && r->status != TASK_OK)
+			r->status = TASK_TIMEOUT;
+		else if (w->cancelled && r->status != TASK_OK)
+			r->status = TASK_CANCELLED;
+		w->stop_set = w->timed_out = w->cancelled = false;
+		loop_timer_remove(w->escalate_timer);
+		w->escalate_timer = NULL;
+		if (w->escalation >= 2)
+			w->stopping = true;     /* signalled: it is going away */
+		else
+			w->escalation = 0;
+	}
 	w->tasks_done++;
+	w->pool->failures = 0;
 	t->exec_priv = NULL;
-	if (w->escalation >= 2)
-		w->stopping = true;     /* signalled: it is going away */
-	else
-		check_worker_limits(w);
+	st->n++;
+	st->wall += m->wall_s;
 	run_task_done(t);
 }
 
+/* After a read's frames: adapt the batch size, check the worker's
+ * limits and its deadline timer. */
 static void
-handle_frame(struct worker *w, uint8_t type, const uint8_t *p, size_t len)
+after_results(struct worker *w, const struct rstats *st)
+{
+	struct sup_pool *sp = w->pool;
+
+	if (st->n > 0) {
+		double mean = st->wall / (double)st->n;
+		double fit = BATCH_TARGET / (mean > 1e-9 ? mean : 1e-9);
+
+		sp->task_s = mean;
+		if (fit < sp->batch)
+			sp->batch = fit < 1 ? 1 : (int)fit;
+		else if (fit >= 2.0 * sp->batch && sp->batch < BATCH_MAX)
+			sp->batch = sp->batch * 2 < BATCH_MAX ? sp->batch * 2 : BATCH_MAX;
+		check_worker_limits(w);
+	}
+	if (w->rlen == 0) {
+		disarm_deadline(w);
+		if (w->stopping && w->escalation < 2 && !w->gone)
+			close_socket(w);
+	} else if (sp->def->timeout_s > 0 && !w->timer_armed && !w->stop_set &&
+		   !w->gone) {
+		/* A stop just ended (its task reported) and others follow. */
+		arm_deadline(w, sp->def->timeout_s);
+	}
+}
+
+static void
+handle_frame(struct worker *w, uint8_t type, const uint8_t *p, size_t len,
+	     struct rstats *st)
 {
 	struct sup_pool *sp = w->pool;
 
@@ -562,9 +1025,8 @@ handle_frame(struct worker *w, uint8_t type, const uint8_t *p, size_t len)
 			signal_group(w, SIGKILL);
 			return;
 		}
-		w->state = W_IDLE;
-		loop_timer_remove(w->deadline_timer);
-		w->deadline_timer = NULL;
+		w->state = W_READY;
+		disarm_deadline(w);
 		sp->startup_failures = 0;
 		log_debug("job %s: worker %d ready", sp->def->name, (int)w->pid);
 		return;
@@ -590,9 +1052,17 @@ handle_frame(struct worker *w, uint8_t type, const uint8_t *p, size_t len)
 		}
 		return;
 	}
-	case MSG_RESULT:
-		take_result(w, p, len);
+	case MSG_RESULT: {
+		struct msg_result m;
+		if (w->state != W_READY || proto_get_result(p, len, &m) == -1) {
+			log_msg(LOG_ERR, "job %s: worker %d sent a malformed result: "
+				"stopping it", sp->def->name, (int)w->pid);
+			signal_group(w, SIGKILL);
+			return;
+		}
+		take_result(w, &m, st);
 		return;
+	}
 	}
 	log_msg(LOG_ERR, "job %s: worker %d sent unknown message %u: stopping it",
 		sp->def->name, (int)w->pid, type);
@@ -603,6 +1073,15 @@ handle_frame(struct worker *w, uint8_t type, const uint8_t *p, size_t len)
 static bool
 read_socket(struct worker *w)
 {
+	struct rstats st = { 0, 0 };
+	bool open = true;
+
+	/* A result recorded here may submit tasks (a queued run starting),
+	 * and sup_submit reads sockets: not this one again, whose frames
+	 * are being handled. */
+	if (w->reading)
+		return true;
+	w->reading = true;
 	for (;;) {
 		uint8_t type;
 		const uint8_t *p;
@@ -611,28 +1090,68 @@ read_socket(struct worker *w)
 		ssize_t n;
 
 		/* A frame may have retired the worker (closing the socket). */
-		if (w->sock == -1)
-			return false;
+		if (w->sock == -1) {
+			open = false;
+			break;
+		}
 		n = pconn_read(&w->conn);
-
-		if (n == 0)
-			return false;
+		if (n == 0) {
+			open = false;
+			break;
+		}
 		if (n < 0) {
 			if (errno == EAGAIN)
-				return true;
+				break;
 			if (errno != ECONNRESET)
 				log_warn("job %s: worker %d: read", w->pool->def->name, (int)w->pid);
-			return false;
+			open = false;
+			break;
 		}
 		while ((rc = pconn_next(&w->conn, &type, &p, &len)) == 1)
-			handle_frame(w, type, p, len);
+			handle_frame(w, type, p, len, &st);
 		if (rc == -1) {
 			log_msg(LOG_ERR, "job %s: worker %d: corrupt stream (%s): stopping it",
 				w->pool->def->name, (int)w->pid, strerror(errno));
 			signal_group(w, SIGKILL);
-			return false;
+			open = false;
+			break;
 		}
 	}
+	w->reading = false;
+	after_results(w, &st);
+	if (w->sock != -1 && w->conn.out.len > 0)
+		worker_flush(w);        /* ACKs */
+	return open;
+}
+
+/* The results a dead worker computed but had not sent: in its spool. */
+static void
+read_spool(struct worker *w)
+{
+	struct rstats st = { 0, 0 };
+	const uint8_t *spool, *p;
+	uint64_t len;
+	size_t off = 0, plen;
+	uint8_t type;
+
+	if (w->shm == NULL)
+		return;
+	len = atomic_load_explicit(&w->shm->spool_len, memory_order_acquire);
+	if (len > PROTO_SPOOL_SIZE)
+		return;
+	spool = PROTO_SHM_SPOOL(w->shm);
+	while (w->rlen > 0 && proto_next_frame(spool, (size_t)len, &off, &type, &p, &plen) == 1) {
+		struct msg_result m;
+
+		if (type != MSG_RESULT || proto_get_result(p, plen, &m) == -1)
+			break;
+		if (m.id < ring_at(w, 0)->id)
+			continue;       /* sent, and read already */
+		if (m.id != ring_at(w, 0)->id)
+			break;
+		take_result(w, &m, &st);
+	}
+	after_results(w, &st);
 }
 
 static void
@@ -669,7 +1188,6 @@ on_socket(int fd, uint32_t events, void *arg)
 {
 	struct worker *w = arg;
 	struct sup_pool *sp = w->pool;
-	bool was_idle_before = w->state == W_IDLE;
 
 	(void)fd;
 	if (events & EPOLLOUT)
@@ -680,16 +1198,15 @@ on_socket(int fd, uint32_t events, void *arg)
 			 * worker that closed its socket mid-task (a plugin that
 			 * closed fd 3) could never report: end it. */
 			close_socket(w);
-			if ((w->state == W_BUSY || w->state == W_STARTING) &&
+			if ((w->rlen > 0 || w->state == W_STARTING) &&
 			    !w->stopping && !w->gone && w->lost_timer == NULL)
 				w->lost_timer = loop_timer_add(SOCKET_LOST_GRACE, 0,
 							       socket_lost, w);
-			return;
 		}
 	}
-	/* A worker that became idle (ready, or done) takes the next task. */
-	if (w->state == W_IDLE && (!was_idle_before || sp->qhead))
-		dispatch(sp);
+	/* Tasks reported: hand out more, or take back unstarted ones for a
+	 * worker that ran dry. */
+	dispatch(sp);
 }
 
 static void
@@ -716,20 +1233,6 @@ on_exit_event(int fd, uint32_t events, void *arg)
 }
 
 /* --- spawning --------------------------------------------------------- */
-
-static void
-startup_expired(void *arg)
-{
-	struct worker *w = arg;
-
-	loop_timer_remove(w->deadline_timer);
-	w->deadline_timer = NULL;
-	if (w->state != W_STARTING)
-		return;
-	log_msg(LOG_ERR, "job %s: worker %d not ready after %gs (a plugin init that "
-		"hangs?): killing it", w->pool->def->name, (int)w->pid, STARTUP_TIMEOUT);
-	signal_group(w, SIGKILL);
-}
 
 /* Variables that speak to jobrund itself, never to its workers: systemd's
  * notification and watchdog sockets, socket activation, our own tags. */
@@ -793,7 +1296,8 @@ spawn_worker(struct sup_pool *sp)
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
 	sigset_t none, all;
-	int sv[2] = { -1, -1 }, outp[2] = { -1, -1 };
+	int sv[2] = { -1, -1 }, outp[2] = { -1, -1 }, memfd = -1;
+	void *shm = MAP_FAILED;
 	char *argv[2], **envp;
 	unsigned long seq;
 	struct worker *w;
@@ -805,12 +1309,21 @@ spawn_worker(struct sup_pool *sp)
 		goto fail;
 	if (pipe2(outp, O_CLOEXEC) == -1)
 		goto fail;
+	/* The block shared with the worker (struct proto_shm). */
+	if ((memfd = memfd_create("jobrund-worker", MFD_CLOEXEC)) == -1)
+		goto fail;
+	if (ftruncate(memfd, PROTO_SHM_SIZE) == -1)
+		goto fail;
+	shm = mmap(NULL, PROTO_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	if (shm == MAP_FAILED)
+		goto fail;
 
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	posix_spawn_file_actions_adddup2(&fa, outp[1], 1);
 	posix_spawn_file_actions_adddup2(&fa, outp[1], 2);
 	posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
+	posix_spawn_file_actions_adddup2(&fa, memfd, 4);
 	posix_spawnattr_init(&attr);
 	sigemptyset(&none);
 	sigfillset(&all);
@@ -837,7 +1350,8 @@ spawn_worker(struct sup_pool *sp)
 	}
 	close(sv[1]);
 	close(outp[1]);
-	sv[1] = outp[1] = -1;
+	close(memfd);
+	sv[1] = outp[1] = memfd = -1;
 
 	pidfd = pidfd_open(pid, 0);
 	if (pidfd == -1) {
@@ -846,6 +1360,7 @@ spawn_worker(struct sup_pool *sp)
 		log_warn("job %s: pidfd_open(%d)", sp->def->name, (int)pid);
 		kill(pid, SIGKILL);
 		waitpid(pid, NULL, 0);
+		sv[1] = outp[1] = -1;
 		goto fail;
 	}
 	fcntl(pidfd, F_SETFD, FD_CLOEXEC);
@@ -860,6 +1375,9 @@ spawn_worker(struct sup_pool *sp)
 	w->outfd = outp[0];
 	w->state = W_STARTING;
 	w->seq = seq;
+	w->shm = shm;
+	w->spawned = mono_now();
+	w->timer = loop_timer_new(timer_fired, w);
 	pconn_init(&w->conn, w->sock);
 	w->sock_w = loop_add(w->sock, EPOLLIN, on_socket, w);
 	w->out_w = loop_add(w->outfd, EPOLLIN, on_output, w);
@@ -891,11 +1409,18 @@ spawn_worker(struct sup_pool *sp)
 	proto_put_hello(&w->conn.out, &hello);
 	worker_flush(w);
 	/* A plugin whose init hangs must not hold the job's tasks for ever. */
-	w->deadline_timer = loop_timer_add(STARTUP_TIMEOUT, 0, startup_expired, w);
+	arm_deadline(w, STARTUP_TIMEOUT);
 	log_debug("job %s: started worker %d", sp->def->name, (int)pid);
 	return 0;
 
 fail:
+	if (shm != MAP_FAILED) {
+		int err = errno;
+		munmap(shm, PROTO_SHM_SIZE);
+		errno = err;
+	}
+	if (memfd != -1)
+		close(memfd);
 	for (int i = 0; i < 2; i++) {
 		if (sv[i] != -1)
 			close(sv[i]);
@@ -924,35 +1449,144 @@ fail_queue(struct sup_pool *sp, const char *why)
 		finish_unstarted(t, TASK_FAILED, why);
 }
 
-/* Hand queued tasks to idle workers; start workers up to the pool size. */
-static void
-dispatch(struct sup_pool *sp)
-{
-	while (sp->qhead) {
-		struct worker *w, *idle = NULL;
+/* --- dispatching ------------------------------------------------------ */
 
-		for (w = sp->workers; w; w = w->next)
-			if (w->state == W_IDLE && !w->stopping && !w->gone &&
-			    w->sock != -1)
-				idle = w;
-		if (idle) {
-			send_task(idle, queue_pop(sp));
-			continue;
+/* Can W be given tasks? */
+static bool
+eligible(const struct worker *w)
+{
+	return w->state == W_READY && !w->stopping && !w->gone && w->sock != -1 &&
+	       !w->stop_set && w->escalation == 0 && !w->corrupt;
+}
+
+/* Has W been running one task for long (for this pool)?  Those behind
+ * it, and new ones, are better off elsewhere. */
+static bool
+stalled(struct worker *w, double now)
+{
+	double start, limit = STALL_FACTOR * w->pool->task_s;
+	uint64_t id;
+	int rc;
+
+	if (w->rlen == 0)
+		return false;
+	rc = page_running(w, &id, &start);
+	if (rc == -1) {
+		kill_corrupt(w);
+		return true;
+	}
+	if (limit < STALL_MIN)
+		limit = STALL_MIN;
+	return rc == 1 && now - start > limit;
+}
+
+/* Tasks W may still be given under max_tasks_per_worker. */
+static size_t
+tasks_left(const struct worker *w)
+{
+	int max = w->pool->def->max_tasks_per_worker;
+
+	if (max <= 0)
+		return SIZE_MAX;
+	return w->granted < max ? (size_t)(max - w->granted) : 0;
+}
+
+/* Hand out the queue: a batch at a time to each worker that can take
+ * one (idle ones first), none beyond two batches or its share of what
+ * is queued. */
+static void
+hand_out(struct sup_pool *sp, double now)
+{
+	size_t batch = (size_t)sp->batch;
+	/* Two batches: one to run, one to start on when it is done.  Tasks
+	 * too long to batch go one at a time, where an idle worker gets them
+	 * from the queue. */
+	size_t hold = batch > 1 ? 2 * batch : 1;
+	bool gave = true;
+
+	while (gave && sp->nqueued > 0) {
+		size_t nready = 0;
+
+		gave = false;
+		for (struct worker *w = sp->workers; w; w = w->next)
+			nready += eligible(w) && !stalled(w, now);
+		if (nready == 0)
+			return;
+		for (int idle_pass = 1; idle_pass >= 0; idle_pass--) {
+			for (struct worker *w = sp->workers; w && sp->nqueued > 0; w = w->next) {
+				size_t share, n;
+
+				if ((w->rlen == 0) != (idle_pass == 1) || !eligible(w) ||
+				    stalled(w, now))
+					continue;
+				share = (sp->nqueued + 2 * nready - 1) / (2 * nready);
+				n = batch < share ? batch : share;
+				/* max_rss is looked at after each task: one at a
+				 * time, as before batches. */
+				if (sp->def->max_rss > 0)
+					n = w->rlen == 0 ? 1 : 0;
+				if (n > tasks_left(w))
+					n = tasks_left(w);
+				if (n == 0 || (w->rlen > 0 && w->rlen + n > hold))
+					continue;
+				size_t before = w->rlen;
+				send_batch(w, (uint32_t)n);
+				gave |= w->rlen > before;
+			}
 		}
+	}
+}
+
+/* The queue is empty and a worker idle: take back unstarted tasks from
+ * the others and hand them out again. */
+static void
+steal(struct sup_pool *sp, double now)
+{
+	bool idle = false;
+	size_t n = 0;
+
+	if (sp->nqueued > 0)
+		return;
+	for (struct worker *w = sp->workers; w; w = w->next)
+		idle |= eligible(w) && w->rlen == 0 && tasks_left(w) > 0;
+	if (!idle)
+		return;
+	for (struct worker *v = sp->workers; v; v = v->next) {
+		uint64_t word, next, unstarted;
+
+		if (v->rlen == 0 || v->gone || v->state != W_READY ||
+		    page_claim(v, &word, &next) == -1)
+			continue;
+		unstarted = v->claim_limit - next;
+		if (unstarted == 0)
+			continue;
+		/* A worker busy for long keeps none; any other, the smaller
+		 * half (an idle worker runs a lone one now, not after). */
+		if (stalled(v, now))
+			n += take_back(v, 0);
+		else
+			n += take_back(v, next + unstarted / 2);
+	}
+	if (n > 0)
+		hand_out(sp, now);
+}
+
+/* Start workers up to the pool size, one per queued task beyond those
+ * starting. */
+static void
+spawn_more(struct sup_pool *sp)
+{
+	while (sp->nqueued > 0) {
 		/* Retiring workers (stopping) no longer count: their
 		 * replacements may start while they exit. */
-		int starting = 0, queued = 0, serving = 0;
-		for (w = sp->workers; w; w = w->next) {
+		int starting = 0, serving = 0;
+		for (struct worker *w = sp->workers; w; w = w->next) {
 			starting += w->state == W_STARTING && !w->stopping;
 			serving += !w->stopping;
 		}
 		if (sp->stopping || serving >= sp->def->workers)
 			return;
-		/* Start at most one worker per queued task beyond those
-		 * already starting. */
-		for (struct task *t = sp->qhead; t; t = t->next)
-			queued++;
-		if (starting >= queued)
+		if ((size_t)starting >= sp->nqueued)
 			return;
 		double now = mono_now();
 		if (now < sp->next_spawn) {
@@ -986,6 +1620,23 @@ dispatch(struct sup_pool *sp)
 		}
 		sp->shortage_logged = false;
 	}
+}
+
+/* Hand queued tasks to workers; balance; start workers up to the pool
+ * size. */
+static void
+dispatch(struct sup_pool *sp)
+{
+	double now;
+
+	if (sp->dispatching || sp->stopping)
+		return;
+	sp->dispatching = true;
+	now = mono_now();
+	hand_out(sp, now);
+	steal(sp, now);
+	spawn_more(sp);
+	sp->dispatching = false;
 }
 
 /* --- ending ----------------------------------------------------------- */
@@ -1023,6 +1674,7 @@ pool_free_now(void *arg)
 	loop_timer_remove(sp->free_timer);
 	loop_timer_remove(sp->grace_timer);
 	loop_timer_remove(sp->spawn_timer);
+	loop_timer_remove(sp->kick_timer);
 	free(sp);
 	pools_stopping--;
 }
@@ -1037,40 +1689,91 @@ pool_maybe_free(struct sup_pool *sp)
 	sp->free_timer = loop_timer_add(0, 0, pool_free_now, sp);
 }
 
+/* How the task a dead worker was running ended. */
+static void
+end_running_task(struct worker *w, struct task *t, const siginfo_t *si,
+		 const char *how, double start)
+{
+	struct sup_pool *sp = w->pool;
+	struct task_result *r = &t->result;
+	bool by_signal = si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED;
+	uint64_t id = 0;
+	double now = mono_now();
+
+	for (size_t i = 0; i < w->rlen; i++)
+		if (ring_at(w, i)->task == t)
+			id = ring_at(w, i)->id;
+	r->pid = w->pid;
+	r->signal = by_signal ? si->si_status : 0;
+	r->exit_code = si->si_code == CLD_EXITED ? si->si_status : -1;
+	r->core_dumped = si->si_code == CLD_DUMPED;
+	/* Dated from its start as the worker recorded it, else from now. */
+	clock_gettime(CLOCK_REALTIME, &r->started);
+	if (start > 0 && start <= now) {
+		double back = now - start;
+		double rt = ts_to_s(&r->started) - back;
+
+		r->started.tv_sec = (time_t)rt;
+		r->started.tv_nsec = (long)((rt - (double)r->started.tv_sec) * 1e9);
+		r->wall_s = back;
+	} else {
+		r->wall_s = 0;
+	}
+	free(r->error);
+	if (w->stop_set && w->stop_id == id && w->timed_out) {
+		r->status = TASK_TIMEOUT;
+		r->error = xasprintf("timed out after %gs; worker %s",
+				     sp->def->timeout_s, how);
+	} else if (w->lost_socket) {
+		r->status = TASK_CRASHED;
+		r->error = xasprintf("worker closed its connection to jobrund "
+				     "during the task and was killed; worker %s", how);
+	} else if ((w->stop_set && w->stop_id == id && w->cancelled) || w->stopping) {
+		r->status = TASK_CANCELLED;
+		r->error = xasprintf("cancelled; worker %s", how);
+	} else if (by_signal && is_admin_signal(si->si_status)) {
+		r->status = TASK_KILLED;
+		r->error = xasprintf("worker %s", how);
+	} else {
+		r->status = TASK_CRASHED;
+		r->error = xasprintf("worker %s", how);
+	}
+	give_output(w, t);
+	log_msg(LOG_NOTICE, "job %s: worker %d %s during task %zu",
+		sp->def->name, (int)w->pid, how, t->index);
+}
+
 static void
 worker_gone(struct worker *w, const siginfo_t *si)
 {
 	struct sup_pool *sp = w->pool;
 	struct worker **pp;
-	struct task *t;
+	struct task *ran = NULL, *lost = NULL, **lost_tail = &lost;
 	char *how = describe_exit(si);
-	bool by_signal = si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED;
+	uint64_t word, next = 0, run_id = 0;
+	double run_start = 0;
+	bool claim_ok, requeued = false;
+	size_t nrequeued = 0;
 
-	/* Whatever it said before dying is still in the socket and pipe.
-	 * Marked gone first: a result read now may start more work, which
-	 * must not be handed to this worker. */
+	/* Whatever it said before dying is still in the socket, its spool
+	 * and its pipe.  Marked gone first: a result read now may start
+	 * more work, which must not be handed to this worker. */
 	w->gone = true;
 	if (w->sock != -1)
 		read_socket(w);
+	read_spool(w);
 	if (w->outfd != -1) {
 		read_output(w, true);
 		/* A child of the worker may still hold the pipe open: it
 		 * is not ours to read any more. */
-		if (w->line_skipped)
-			log_skipped(w);
-		else if (w->linelen)
-			log_output_line(w);
-		if (w->outfd != -1) {
-			loop_remove(w->out_w);
-			w->out_w = NULL;
-			close(w->outfd);
-			w->outfd = -1;
-		}
+		if (w->outfd != -1)
+			close_output(w);
 	}
+	end_output_line(w);
 	close_socket(w);
 	loop_remove(w->pid_w);
 	close(w->pidfd);
-	loop_timer_remove(w->deadline_timer);
+	loop_timer_remove(w->timer);
 	loop_timer_remove(w->escalate_timer);
 	loop_timer_remove(w->lost_timer);
 	for (pp = &sp->workers; *pp != w; pp = &(*pp)->next)
@@ -1085,50 +1788,58 @@ worker_gone(struct worker *w, const siginfo_t *si)
 	if (w->all_next)
 		w->all_next->all_prev = w->all_prev;
 
-	t = w->state == W_BUSY ? w->task : NULL;
-	if (t) {
-		struct task_result *r = &t->result;
-		r->pid = w->pid;
-		r->signal = by_signal ? si->si_status : 0;
-		r->exit_code = si->si_code == CLD_EXITED ? si->si_status : -1;
-		r->core_dumped = si->si_code == CLD_DUMPED;
-		if (r->started.tv_sec == 0)
-			clock_gettime(CLOCK_REALTIME, &r->started);
-		r->wall_s = mono_now() - w->task_sent;
-		free(r->error);
-		if (w->timed_out) {
-			r->status = TASK_TIMEOUT;
-			r->error = xasprintf("timed out after %gs; worker %s",
-					     sp->def->timeout_s, how);
-		} else if (w->lost_socket) {
-			r->status = TASK_CRASHED;
-			r->error = xasprintf("worker closed its connection to jobrund "
-					     "during the task and was killed; worker %s", how);
-		} else if (w->cancelled || w->stopping) {
-			r->status = TASK_CANCELLED;
-			r->error = xasprintf("cancelled; worker %s", how);
-		} else if (by_signal && is_admin_signal(si->si_status)) {
-			r->status = TASK_KILLED;
-			r->error = xasprintf("worker %s", how);
-		} else {
-			r->status = TASK_CRASHED;
-			r->error = xasprintf("worker %s", how);
-		}
-		log_msg(LOG_NOTICE, "job %s: worker %d %s during task %zu",
-			sp->def->name, (int)w->pid, how, t->index);
-	} else if (w->state == W_STARTING && !w->stopping && !sp->stopping) {
+	/* Its tasks not reported: the one it ran (by the claim word) ends
+	 * by how the worker did; those it had not started go back to the
+	 * queue; any other started one lost its result with it. */
+	if (page_running(w, &run_id, &run_start) != 1)
+		run_start = 0;
+	claim_ok = page_claim(w, &word, &next) == 0;
+	if (w->rlen > 0 && claim_ok && next > ring_at(w, 0)->id) {
+		for (size_t i = 0; i < w->rlen; i++)
+			if (ring_at(w, i)->id == next - 1)
+				ran = ring_at(w, i)->task;
+	} else if (w->rlen > 0 && !claim_ok) {
+		ran = ring_at(w, 0)->task;      /* which ran cannot be told */
+	}
+	if (ran)
+		end_running_task(w, ran, si, how, run_id == next - 1 ? run_start : 0);
+	else if (w->state == W_STARTING && !w->stopping && !sp->stopping)
 		log_msg(LOG_ERR, "job %s: worker %d %s before it was ready%s%s",
 			sp->def->name, (int)w->pid, how, w->fail_msg ? ": " : "",
 			w->fail_msg ? w->fail_msg : "");
-	} else if (!w->stopping && !sp->stopping) {
+	else if (!w->stopping && !sp->stopping)
 		log_msg(LOG_NOTICE, "job %s: idle worker %d %s", sp->def->name,
 			(int)w->pid, how);
-	} else {
+	else
 		log_debug("job %s: worker %d %s", sp->def->name, (int)w->pid, how);
+	while (w->rlen > 0) {
+		struct slot s = ring_pop_back(w);
+
+		s.task->exec_priv = NULL;
+		if (s.task == ran)
+			continue;
+		if (claim_ok && s.id >= next) {
+			queue_push_front(sp, s.task);
+			requeued = true;
+			nrequeued++;
+			continue;
+		}
+		struct task_result *r = &s.task->result;
+		r->status = TASK_CRASHED;
+		r->pid = w->pid;
+		r->signal = 0;
+		r->exit_code = -1;
+		free(r->error);
+		r->error = xasprintf("worker %s before it reported this task (its result "
+				     "was lost)", how);
+		clock_gettime(CLOCK_REALTIME, &r->started);
+		s.task->next = NULL;
+		*lost_tail = s.task;
+		lost_tail = &s.task->next;
 	}
 
 	/* An unplanned death delays the next spawn, doubling each time. */
-	if (!w->stopping && !sp->stopping && (t || w->state == W_STARTING)) {
+	if (!w->stopping && !sp->stopping && (ran || w->state == W_STARTING)) {
 		double delay = RESPAWN_DELAY_MIN;
 		for (int i = 0; i < sp->failures && delay < RESPAWN_DELAY_MAX; i++)
 			delay *= 2;
@@ -1149,7 +1860,17 @@ worker_gone(struct worker *w, const siginfo_t *si)
 			sp->startup_failures = 0;
 		}
 	}
+	if (requeued && sp->stopping)
+		fail_queue(sp, "jobrund is stopping");
+	else if (requeued)
+		log_info("job %s: worker %d: %zu task%s it had not started go back to "
+			 "the queue", sp->def->name, (int)w->pid, nrequeued,
+			 nrequeued == 1 ? "" : "s");
 	pconn_free(&w->conn);
+	if (w->shm)
+		munmap(w->shm, PROTO_SHM_SIZE);
+	free(w->ring);
+	free(w->pend);
 	free(w->fail_msg);
 	free(how);
 	free(w);
@@ -1157,14 +1878,18 @@ worker_gone(struct worker *w, const siginfo_t *si)
 	 * to nobody: find it. */
 	reaper_scan();
 
-	if (sp->stopping) {
+	if (sp->stopping)
 		pool_maybe_free(sp);    /* no task runs in a stopping pool */
-	} else {
+	else
 		dispatch(sp);
-	}
-	/* Last: recording the result may end the run and retire the job. */
-	if (t) {
-		t->exec_priv = NULL;
+	/* Last: recording a result may end the run and retire the job. */
+	if (ran)
+		run_task_done(ran);
+	while (lost) {
+		struct task *t = lost;
+
+		lost = t->next;
+		t->next = NULL;
 		run_task_done(t);
 	}
 }
@@ -1177,22 +1902,30 @@ sup_submit(struct sup_pool *sp, struct task *t)
 		return;
 	}
 	queue_push(sp, t);
-	dispatch(sp);
+	/* A run submits its tasks in one go, which for a big run takes a
+	 * while: start the workers at the first, and every so often look at
+	 * them (READY, results) and hand out what is queued, so that they
+	 * work while the rest is queued.  The loop does the rest. */
+	if (sp->submitted++ % SUBMIT_POLL == 0) {
+		for (struct worker *w = sp->workers; w; w = w->next)
+			if (w->sock != -1 && !w->gone)
+				read_socket(w);
+		dispatch(sp);
+	}
+	kick(sp);
 }
 
-void
-sup_cancel(struct sup_pool *sp, struct task *t, bool now)
+/* Stop task T, which W started (it may have finished since). */
+static void
+stop_started(struct sup_pool *sp, struct worker *w, uint64_t id, bool now)
 {
-	struct worker *w = t->exec_priv;
-
-	if (queue_remove(sp, t)) {
-		finish_unstarted(t, TASK_CANCELLED, "cancelled before it started");
-		return;
-	}
-	if (w == NULL || w->task != t)
-		return;
+	/* Nothing else starts there meanwhile. */
+	if (take_back(w, 0) > 0)
+		kick(sp);
 	if (now) {
 		/* Shutdown: no polite request, and the config's grace. */
+		w->stop_set = true;
+		w->stop_id = id;
 		w->cancelled = true;
 		w->hard_stop = true;
 		loop_timer_remove(w->escalate_timer);
@@ -1201,27 +1934,71 @@ sup_cancel(struct sup_pool *sp, struct task *t, bool now)
 		escalate(w);
 		return;
 	}
-	if (w->cancelled || w->escalation >= 1) {
+	if (w->stop_set || w->escalation >= 1) {
 		/* Already being stopped (a timeout, an earlier cancel): the
 		 * escalation under way will finish the job. */
-		w->cancelled = true;
+		if (!w->stop_set || w->stop_id == id)
+			w->cancelled = true;
 		return;
 	}
+	w->stop_set = true;
+	w->stop_id = id;
+	w->cancelled = true;
+	w->escalation = 1;
 	if (w->sock == -1) {
 		/* Nobody to ask: go straight to the signals. */
-		w->cancelled = true;
-		w->escalation = 1;
 		escalate(w);
 		return;
 	}
 	/* Ask first: a plugin that polls task_cancelled returns cleanly and
 	 * the worker lives on.  Escalate after kill_grace if it does not. */
-	struct msg_cancel m = { .id = w->task_id };
-	w->cancelled = true;
-	w->escalation = 1;
+	struct msg_cancel m = { .id = id };
 	proto_put_cancel(&w->conn.out, &m);
 	worker_flush(w);
 	w->escalate_timer = loop_timer_add(sp->def->kill_grace_s, 0, escalate, w);
+}
+
+void
+sup_cancel(struct sup_pool *sp, struct task *t, bool now)
+{
+	struct worker *w = t->exec_priv;
+	uint64_t word, next, id = 0;
+	bool held = false;
+
+	if (queue_remove(sp, t)) {
+		finish_unstarted(t, TASK_CANCELLED, "cancelled before it started");
+		return;
+	}
+	if (w == NULL || w->gone)
+		return;
+	for (size_t i = 0; i < w->rlen && !held; i++) {
+		if (ring_at(w, i)->task == t) {
+			id = ring_at(w, i)->id;
+			held = true;
+		}
+	}
+	if (!held)
+		return;
+	if (page_claim(w, &word, &next) == 0 && id >= next) {
+		/* Not started: take it back (and those after it, which go
+		 * back to the queue) and end it here. */
+		take_back(w, id);
+		kick(sp);
+		if (queue_remove(sp, t)) {
+			finish_unstarted(t, TASK_CANCELLED, "cancelled before it started");
+			return;
+		}
+		/* It started meanwhile: stop it. */
+	}
+	if (w->corrupt) {
+		kill_corrupt(w);
+		return;
+	}
+	/* Started.  Unless it is the last one started, it is over, and its
+	 * result is on its way. */
+	if (page_claim(w, &word, &next) == 0 && id + 1 < next)
+		return;
+	stop_started(sp, w, id, now);
 }
 
 static void
@@ -1244,12 +2021,16 @@ sup_free(struct sup_pool *sp, double grace_s)
 	sp->stopping = true;
 	pools_stopping++;
 	sp->grace = grace_s;
+	/* What workers hold and have not started never will. */
+	for (struct worker *w = sp->workers; w; w = w->next)
+		if (!w->gone)
+			take_back(w, 0);
 	fail_queue(sp, "jobrund is stopping");
 	for (struct worker *w = sp->workers; w; w = w->next) {
 		/* An idle worker exits at the socket's EOF, after its plugin's
 		 * fini; SIGTERM is for one that is busy or starting, and the
 		 * grace timer's SIGKILL for any that hangs. */
-		bool idle = w->state == W_IDLE;
+		bool idle = w->state == W_READY && w->rlen == 0;
 
 		w->stopping = true;
 		close_socket(w);
@@ -1353,7 +2134,7 @@ sup_run_ended(struct sup_pool *sp)
 		pid_t *list = NULL;
 		size_t n = 0, cap = 0;
 
-		if (w->state != W_IDLE || w->stopping || w->gone)
+		if (w->state != W_READY || w->rlen > 0 || w->stopping || w->gone)
 			continue;
 		collect_descendants(w->pid, &list, &n, &cap, 0);
 		if (n == 0)
@@ -1392,12 +2173,21 @@ sup_foreach_worker(struct sup_pool *sp,
 		memset(&wi, 0, sizeof wi);
 		wi.pid = w->pid;
 		wi.state = w->state == W_STARTING ? "starting" :
-			   w->state == W_BUSY ? "busy" : "idle";
+			   w->rlen > 0 ? "busy" : "idle";
 		wi.stopping = w->stopping;
-		wi.busy = w->state == W_BUSY && w->task != NULL;
-		if (wi.busy) {
-			wi.run = w->task->result.run;
-			wi.index = w->task->index;
+		if (w->rlen > 0) {
+			/* The task it runs, else the next it will report. */
+			const struct task *t = ring_at(w, 0)->task;
+			double start;
+			uint64_t id;
+
+			if (page_running(w, &id, &start) == 1)
+				for (size_t i = 0; i < w->rlen; i++)
+					if (ring_at(w, i)->id == id)
+						t = ring_at(w, i)->task;
+			wi.busy = true;
+			wi.run = t->result.run;
+			wi.index = t->index;
 		}
 		wi.tasks_done = w->tasks_done;
 		cb(&wi, arg);

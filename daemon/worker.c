@@ -2,12 +2,27 @@
  * worker.c - jobrund-worker, the process that runs one job's tasks in
  * process mode.
  *
- * jobrund starts it with posix_spawn, its socketpair end on fd 3, a clean
- * signal mask and nothing else open.  The worker reads HELLO, loads and
- * initialises the plugin once (with the same loader checks as the daemon),
- * answers READY, then runs TASKs one at a time until the socket closes.
- * A plugin that crashes takes only this process down; the daemon records
+ * jobrund starts it with posix_spawn, its socketpair end on fd 3, the
+ * memory block it shares with the daemon (struct proto_shm) on fd 4, a
+ * clean signal mask and nothing else open.  The worker maps the block and
+ * closes fd 4 (its plugin sees fds 0-3 only), reads HELLO, loads and
+ * initialises the plugin once (with the same loader checks as the
+ * daemon), answers READY, then runs tasks until the socket closes.  A
+ * plugin that crashes takes only this process down; the daemon records
  * the task as crashed and starts another worker.
+ *
+ * Tasks come in batches (TASKS frames).  Before starting one the worker
+ * claims it in the shared claim word with a compare-and-swap, so that a
+ * task the daemon took back (to give to an idle worker) is never run
+ * here too.  Results are encoded into the shared spool and written to the
+ * socket together: when the worker has nothing more to run, when 1 ms has
+ * passed since the first unsent one, or when the spool fills.  A worker
+ * that dies leaves its unsent results in the spool, where the daemon
+ * finds them.  A task that may have written to stdout/stderr (the pipe
+ * holds bytes, or the daemon read some during the task) has its result
+ * sent at once and the worker waits for the daemon's ACK, which comes
+ * once the daemon has taken that output for this task: only then does it
+ * claim the next, so output is never counted with the wrong task.
  *
  * The worker dies with the daemon: PR_SET_PDEATHSIG, and an EOF on the
  * socket, which it sees even while a task runs because the plugin's
@@ -22,6 +37,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -32,15 +49,33 @@
 #include "jobrund.h"
 
 #define WORKER_FD 3
+#define SHM_FD 4
+#define SEND_AFTER 0.001                /* s: unsent results wait no longer */
+#define SEND_BYTES (64 * 1024)          /* ...and fill no more of the spool */
 
 static struct pconn conn;
 static struct pbuf sendbuf;
-/* Guards sendbuf: a plugin may log from threads of its own. */
+/* Guards sendbuf and writes to the socket: a plugin may log from
+ * threads of its own. */
 static pthread_mutex_t send_lock = PTHREAD_MUTEX_INITIALIZER;
 static const char *job_name = "?";
+static struct proto_shm *shm;
+static uint8_t *spool;
+static size_t spool_used;               /* = shm->spool_len */
+static double spool_since;              /* mono_now() of the oldest unsent */
+
+/* The batches received and not yet run, oldest first. */
+struct batch {
+	struct msg_tasks m;
+	uint32_t next;                  /* index of the first not run */
+	struct batch *link;
+};
+static struct batch *bhead, *btail;
+static uint64_t claim_ref;              /* no claim word value is below it */
 
 /* The current task, for cancellation checks. */
 static uint64_t current_id;
+static bool current_running;
 static bool current_cancelled;
 static bool daemon_gone;
 
@@ -52,20 +87,46 @@ worker_exit(int status)
 	_exit(status);
 }
 
-/* Send one queued frame, blocking: the daemon always reads. */
+/* Write LEN bytes, blocking: the daemon always reads.  Caller holds
+ * send_lock. */
+static void
+write_all(const uint8_t *p, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(WORKER_FD, p, len);
+		if (n == -1) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EPIPE || errno == ECONNRESET)
+				worker_exit(0);
+			syslog(LOG_ERR, "jobrund-worker: job %s: write to daemon: %m",
+			       job_name);
+			worker_exit(1);
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+/* Send the frames queued in sendbuf.  Caller holds send_lock. */
 static void
 send_frames(void)
 {
-	conn.out = sendbuf;
-	if (pconn_flush(&conn) == -1) {
-		if (errno == EPIPE || errno == ECONNRESET)
-			worker_exit(0);
-		syslog(LOG_ERR, "jobrund-worker: job %s: write to daemon: %m", job_name);
-		worker_exit(1);
-	}
-	sendbuf = conn.out;
-	conn.out = (struct pbuf){ 0 };
+	write_all(sendbuf.data, sendbuf.len);
 	sendbuf.len = 0;
+}
+
+/* Send the results in the spool. */
+static void
+send_results(void)
+{
+	if (spool_used == 0)
+		return;
+	pthread_mutex_lock(&send_lock);
+	write_all(spool, spool_used);
+	pthread_mutex_unlock(&send_lock);
+	spool_used = 0;
+	atomic_store_explicit(&shm->spool_len, 0, memory_order_release);
 }
 
 static void JR_NORETURN
@@ -96,20 +157,84 @@ log_to_daemon(int priority, const char *job, const char *text)
 	pthread_mutex_unlock(&send_lock);
 }
 
-/* Handle one frame that arrived while a task runs (or between tasks). */
 static void
-handle_async_frame(uint8_t type, const uint8_t *p, size_t len)
+add_batch(const uint8_t *p, size_t len)
+{
+	struct batch *b = xmalloc(sizeof *b);
+
+	if (proto_get_tasks(p, len, &b->m) == -1) {
+		syslog(LOG_ERR, "jobrund-worker: job %s: malformed TASKS from daemon",
+		       job_name);
+		worker_exit(1);
+	}
+	b->next = 0;
+	b->link = NULL;
+	if (btail)
+		btail->link = b;
+	else
+		bhead = b;
+	btail = b;
+}
+
+static void
+drop_batch(void)
+{
+	struct batch *b = bhead;
+
+	bhead = b->link;
+	if (bhead == NULL)
+		btail = NULL;
+	proto_tasks_free(&b->m);
+	free(b);
+}
+
+/* Handle one frame that arrived while a task runs, between tasks or
+ * while waiting for an ACK; true when it is the ACK of task ACK_ID. */
+static bool
+handle_frame(uint8_t type, const uint8_t *p, size_t len, uint64_t ack_id)
 {
 	struct msg_cancel c;
+	struct msg_ack a;
 
-	if (type == MSG_CANCEL && proto_get_cancel(p, len, &c) == 0) {
-		if (c.id == current_id)
+	switch (type) {
+	case MSG_TASKS:
+		add_batch(p, len);
+		return false;
+	case MSG_CANCEL:
+		if (proto_get_cancel(p, len, &c) == -1)
+			break;
+		/* For a task already over, it came too late: ignored. */
+		if (current_running && c.id == current_id)
 			current_cancelled = true;
-		return;
+		return false;
+	case MSG_ACK:
+		if (proto_get_ack(p, len, &a) == -1)
+			break;
+		return a.id == ack_id;
 	}
-	syslog(LOG_ERR, "jobrund-worker: job %s: unexpected message %u during a task",
+	syslog(LOG_ERR, "jobrund-worker: job %s: unexpected message %u from daemon",
 	       job_name, type);
 	worker_exit(1);
+}
+
+/* Handle the frames already read. */
+static bool
+handle_frames(uint64_t ack_id)
+{
+	uint8_t type;
+	const uint8_t *p;
+	size_t len;
+	bool acked = false;
+	int rc;
+
+	while ((rc = pconn_next(&conn, &type, &p, &len)) == 1)
+		acked |= handle_frame(type, p, len, ack_id);
+	if (rc == -1) {
+		syslog(LOG_ERR, "jobrund-worker: job %s: bad frame from daemon: %m",
+		       job_name);
+		worker_exit(1);
+	}
+	return acked;
 }
 
 /* The task's cancel hook: look at the socket without blocking. */
@@ -117,35 +242,42 @@ static int
 worker_cancel_check(struct jr_task *t)
 {
 	struct pollfd pfd = { .fd = WORKER_FD, .events = POLLIN };
-	uint8_t type;
-	const uint8_t *p;
-	size_t len;
-
-	int rc;
 
 	(void)t;
 	if (current_cancelled || daemon_gone)
 		return 1;
-	/* A CANCEL may have come in the same read as its TASK. */
-	while ((rc = pconn_next(&conn, &type, &p, &len)) == 1)
-		handle_async_frame(type, p, len);
-	if (rc == -1)
-		worker_exit(1);
-	while (poll(&pfd, 1, 0) == 1) {
+	/* A CANCEL may have come in the same read as its TASKS. */
+	handle_frames(UINT64_MAX);
+	while (!current_cancelled && poll(&pfd, 1, 0) == 1) {
 		ssize_t n = pconn_read(&conn);
 		if (n <= 0) {
 			daemon_gone = true;
 			return 1;
 		}
-		while ((rc = pconn_next(&conn, &type, &p, &len)) == 1)
-			handle_async_frame(type, p, len);
-		if (rc == -1)
-			worker_exit(1);
+		handle_frames(UINT64_MAX);
 	}
 	return current_cancelled || daemon_gone;
 }
 
-/* Block until a frame arrives; returns 0 at EOF. */
+/* Block until more frames arrive and handle them; false at EOF.  True
+ * in *ACKED when one was the ACK of ACK_ID. */
+static bool
+read_frames(uint64_t ack_id, bool *acked)
+{
+	ssize_t n = pconn_read(&conn);
+
+	if (n == 0 || (n < 0 && errno == ECONNRESET))
+		return false;
+	if (n < 0) {
+		syslog(LOG_ERR, "jobrund-worker: job %s: read: %m", job_name);
+		worker_exit(1);
+	}
+	*acked = handle_frames(ack_id);
+	return true;
+}
+
+/* Block until a frame arrives (before the tasks start); returns 0 at
+ * EOF. */
 static int
 wait_frame(uint8_t *type, const uint8_t **p, size_t *len)
 {
@@ -168,6 +300,69 @@ wait_frame(uint8_t *type, const uint8_t **p, size_t *len)
 			worker_exit(1);
 		}
 	}
+}
+
+/*
+ * Claim the next task: drop what the daemon took back (ids below the
+ * claim word's NEXT, or not below its LIMIT: the daemon grants before it
+ * sends, so a task held here above the limit was revoked), then move NEXT
+ * past the first one held.  The task's id and input, or false when none
+ * can be claimed now (none held, or its batch has not arrived).
+ */
+static bool
+claim_task(uint64_t *id, const char **input, double *timeout_s)
+{
+	for (;;) {
+		uint64_t word = atomic_load_explicit(&shm->claim, memory_order_acquire);
+		uint64_t next = proto_claim_next(word, claim_ref);
+		uint64_t limit = proto_claim_limit(word, next);
+
+		while (bhead) {
+			uint64_t seq = bhead->m.first + bhead->next;
+			if (seq >= next && seq < limit)
+				break;
+			if (++bhead->next == bhead->m.count)
+				drop_batch();
+		}
+		if (bhead == NULL)
+			return false;
+		if (bhead->m.first + bhead->next != next) {
+			syslog(LOG_ERR, "jobrund-worker: job %s: task %llu is not the "
+			       "next to claim (%llu)", job_name,
+			       (unsigned long long)(bhead->m.first + bhead->next),
+			       (unsigned long long)next);
+			worker_exit(1);
+		}
+		if (!atomic_compare_exchange_strong_explicit(&shm->claim, &word,
+			    proto_claim(next + 1, limit), memory_order_acq_rel,
+			    memory_order_acquire))
+			continue;       /* the daemon changed it: look again */
+		claim_ref = next + 1;
+		*id = next;
+		*input = bhead->m.inputs[bhead->next];
+		*timeout_s = bhead->m.timeout_s;
+		return true;
+	}
+}
+
+/* Done with the claimed task at the head of the batches. */
+static void
+release_task(void)
+{
+	if (bhead && ++bhead->next == bhead->m.count)
+		drop_batch();
+}
+
+static void
+set_running(uint64_t run_seq, uint64_t start_ns)
+{
+	uint64_t gen = atomic_load_explicit(&shm->run_gen, memory_order_relaxed);
+
+	atomic_store_explicit(&shm->run_gen, gen + 1, memory_order_relaxed);
+	atomic_thread_fence(memory_order_release);
+	atomic_store_explicit(&shm->run_seq, run_seq, memory_order_relaxed);
+	atomic_store_explicit(&shm->run_start, start_ns, memory_order_relaxed);
+	atomic_store_explicit(&shm->run_gen, gen + 2, memory_order_release);
 }
 
 /* What the job asked for, before any plugin code runs: directory,
@@ -217,55 +412,207 @@ apply_limits_and_identity(const struct msg_hello *h)
 		fail("cwd %s: %s", h->cwd, strerror(errno));
 }
 
+/* The CPU time of the whole process, children included: an exec'd
+ * command's time belongs to the task. */
 static double
 process_cpu_now(void)
 {
-	struct rusage self, kids;
+	struct timespec self;
+	struct rusage kids;
 
-	getrusage(RUSAGE_SELF, &self);
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &self);
 	getrusage(RUSAGE_CHILDREN, &kids);
-	return (double)(self.ru_utime.tv_sec + self.ru_stime.tv_sec +
-			kids.ru_utime.tv_sec + kids.ru_stime.tv_sec) +
-	       (double)(self.ru_utime.tv_usec + self.ru_stime.tv_usec +
-			kids.ru_utime.tv_usec + kids.ru_stime.tv_usec) / 1e6;
+	return ts_to_s(&self) + (double)(kids.ru_utime.tv_sec + kids.ru_stime.tv_sec) +
+	       (double)(kids.ru_utime.tv_usec + kids.ru_stime.tv_usec) / 1e6;
 }
 
+static uint64_t
+mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Add M to the spool (or, big, send it at once). */
 static void
-run_one(const struct jr_plugin *pl, void *state, const struct msg_task *mt)
+spool_result(const struct msg_result *m, double now)
+{
+	size_t size = proto_result_size(m);
+
+	if (spool_used + size > PROTO_SPOOL_SIZE)
+		send_results();
+	/* A big one goes at once (after those before it): the spool stays
+	 * small, and nothing sits unsent behind it anyway. */
+	if (size > SEND_BYTES) {
+		send_results();
+		pthread_mutex_lock(&send_lock);
+		proto_put_result(&sendbuf, m);
+		send_frames();
+		pthread_mutex_unlock(&send_lock);
+		return;
+	}
+	struct pbuf sb = { spool + spool_used, 0, PROTO_SPOOL_SIZE - spool_used };
+	proto_put_result(&sb, m);
+	if (spool_used == 0)
+		spool_since = now;
+	spool_used += sb.len;
+	atomic_store_explicit(&shm->spool_len, spool_used, memory_order_release);
+}
+
+/*
+ * A task's CPU time is the whole process's (children included), and
+ * reading it costs two system calls, more than a short task.  So, as
+ * host.c does for threads, the worker keeps an anchor: the process's CPU
+ * time and CLOCK_MONOTONIC read together.  A task that starts within
+ * CPU_ANCHOR_S of the anchor, the worker having run all along (it did not
+ * wait: cpu_mark_valid), dates its CPU start from it; a task shorter than
+ * CPU_READ_S is charged its wall time (too short to fork and reap a
+ * child, and a single-threaded process's CPU time cannot exceed its wall
+ * time); longer ones read the clocks at their end, which moves the
+ * anchor.
+ */
+#define CPU_ANCHOR_S 100e-6
+#define CPU_READ_S 10e-6
+static bool cpu_mark_valid;
+static double cpu_mark, cpu_mark_wall;
+
+/* Run task ID; false when the daemon is gone. */
+static bool
+run_one(const struct jr_plugin *pl, void *state, uint64_t id, const char *input,
+	double timeout_s)
 {
 	struct jr_task t;
 	struct task_result r = { 0 };
 	struct msg_result mr;
-	double cpu0;
+	uint64_t out0, start_ns;
+	double wall0, cpu0, cpu1, now;
+	bool fresh;
+	int avail = 0;
+	bool wrote;
 
-	current_id = mt->id;
+	start_ns = mono_ns();
+	wall0 = (double)start_ns / 1e9;
+	fresh = !cpu_mark_valid || wall0 - cpu_mark_wall > CPU_ANCHOR_S;
+	cpu0 = fresh ? process_cpu_now() : cpu_mark + (wall0 - cpu_mark_wall);
+	current_id = id;
 	current_cancelled = false;
-	host_task_init(&t, job_name, mt->input, mt->timeout_s);
+	current_running = true;
+	set_running(id + 1, start_ns);
+	out0 = atomic_load_explicit(&shm->out_gen, memory_order_acquire);
+	host_task_init(&t, job_name, input, timeout_s);
 	t.cancel_check = worker_cancel_check;
-	cpu0 = process_cpu_now();
 	host_run_task(pl, state, &t, &r);
-	/* The whole process's CPU, children included: an exec'd command's
-	 * time belongs to the task. */
-	r.cpu_s = process_cpu_now() - cpu0;
+	set_running(0, 0);
+	current_running = false;
+	/* Its end, from host_run_task's clock readings: one less here. */
+	now = wall0 + r.wall_s;
+	if (now - wall0 >= CPU_READ_S) {
+		cpu1 = process_cpu_now();
+		/* An anchor dated across a preemption overstates cpu0. */
+		r.cpu_s = cpu1 > cpu0 ? cpu1 - cpu0 : 0;
+		cpu_mark = cpu1;
+		cpu_mark_wall = now;
+		cpu_mark_valid = true;
+	} else {
+		r.cpu_s = now - wall0;
+		if (fresh) {
+			cpu_mark = cpu0 + r.cpu_s;
+			cpu_mark_wall = now;
+			cpu_mark_valid = true;
+		}
+	}
+	/* Did it write to stdout or stderr?  Bytes in the pipe, or the
+	 * daemon read from it meanwhile (it bumps out_gen around each read;
+	 * looked at after the pipe, so a read in between is seen). */
+	wrote = ioctl(STDOUT_FILENO, FIONREAD, &avail) == -1 || avail > 0;
+	wrote |= (out0 & 1) != 0 ||
+		 atomic_load_explicit(&shm->out_gen, memory_order_acquire) != out0;
 
 	memset(&mr, 0, sizeof mr);
-	mr.id = mt->id;
+	mr.id = id;
 	mr.status = r.status;
+	mr.flags = wrote ? PROTO_RESULT_OUTPUT : 0;
 	mr.output = r.output;
 	mr.output_len = r.output_len;
 	mr.error = r.error;
+	mr.error_len = r.error ? strlen(r.error) : 0;
 	mr.started_sec = r.started.tv_sec;
 	mr.started_nsec = (int32_t)r.started.tv_nsec;
 	mr.wall_s = r.wall_s;
 	mr.cpu_s = r.cpu_s;
-	pthread_mutex_lock(&send_lock);
-	proto_put_result(&sendbuf, &mr);
-	send_frames();
-	pthread_mutex_unlock(&send_lock);
+	spool_result(&mr, now);
 	result_clear(&r);
 	host_task_release(&t);
-	if (daemon_gone)
-		worker_exit(0);
+	release_task();
+	if (daemon_gone) {
+		send_results();
+		return false;
+	}
+	if (wrote) {
+		/* Its output must be counted with it, not with the next: wait
+		 * until the daemon has taken it. */
+		bool acked = false;
+
+		send_results();
+		cpu_mark_valid = false;
+		while (!acked)
+			if (!read_frames(id, &acked))
+				return false;
+	} else if (spool_used >= SEND_BYTES || now - spool_since >= SEND_AFTER ||
+		   bhead == NULL) {
+		/* Also at the end of each batch: the daemon sends the next
+		 * one on seeing the results of the last. */
+		send_results();
+		cpu_mark_valid = false;
+	}
+	return true;
+}
+
+/* Claim and run tasks until the socket closes. */
+static void
+serve(const struct jr_plugin *pl, void *state)
+{
+	for (;;) {
+		const char *input;
+		double timeout_s;
+		uint64_t id;
+		bool acked;
+
+		if (claim_task(&id, &input, &timeout_s)) {
+			if (!run_one(pl, state, id, input, timeout_s))
+				return;
+			continue;
+		}
+		send_results();
+		cpu_mark_valid = false;
+		if (!read_frames(UINT64_MAX, &acked))
+			return;
+	}
+}
+
+/* The block shared with the daemon, on fd 4: map it, keep it from the
+ * plugin's children, close the fd. */
+static void
+map_shared(void)
+{
+	struct stat st;
+	void *p;
+
+	if (fstat(SHM_FD, &st) == -1 || st.st_size != (off_t)PROTO_SHM_SIZE) {
+		syslog(LOG_ERR, "jobrund-worker: fd %d is not the shared block", SHM_FD);
+		worker_exit(1);
+	}
+	p = mmap(NULL, PROTO_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, SHM_FD, 0);
+	if (p == MAP_FAILED) {
+		syslog(LOG_ERR, "jobrund-worker: mmap: %m");
+		worker_exit(1);
+	}
+	madvise(p, PROTO_SHM_SIZE, MADV_DONTFORK);
+	close(SHM_FD);
+	shm = p;
+	spool = PROTO_SHM_SPOOL(shm);
 }
 
 int
@@ -295,10 +642,11 @@ main(int argc, char **argv)
 	/* Die with the daemon; the socket's EOF covers the window before
 	 * this call, when the daemon may already be gone. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	/* Only fds 0-3 belong here, whatever a careless parent leaked. */
-	close_range(WORKER_FD + 1, ~0U, 0);
 	signal(SIGPIPE, SIG_IGN);
 	openlog("jobrund", LOG_PID, LOG_DAEMON);
+	map_shared();
+	/* Only fds 0-3 belong here, whatever a careless parent leaked. */
+	close_range(WORKER_FD + 1, ~0U, 0);
 	pconn_init(&conn, WORKER_FD);
 
 	if (!wait_frame(&type, &p, &len))
@@ -347,19 +695,7 @@ main(int argc, char **argv)
 	proto_put_ready(&sendbuf, &ready);
 	send_frames();
 
-	while (wait_frame(&type, &p, &len)) {
-		struct msg_task mt;
-
-		if (type == MSG_CANCEL)
-			continue;       /* for a task that already finished */
-		if (type != MSG_TASK || proto_get_task(p, len, &mt) == -1) {
-			syslog(LOG_ERR, "jobrund-worker: job %s: bad message %u from daemon",
-			       job_name, type);
-			worker_exit(1);
-		}
-		run_one(pl, state, &mt);
-		proto_task_free(&mt);
-	}
+	serve(pl, state);
 	if (pl->fini)
 		pl->fini(&host_table, state);
 	/* Tidy, so that memcheck's view of a worker is clean. */
@@ -368,7 +704,10 @@ main(int argc, char **argv)
 	config_destroy(&tree);
 	loader_close(plugin);
 	proto_hello_free(&hello);
+	while (bhead)
+		drop_batch();
 	pconn_free(&conn);
 	pbuf_free(&sendbuf);
+	munmap(shm, PROTO_SHM_SIZE);
 	worker_exit(0);
 }

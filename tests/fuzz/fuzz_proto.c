@@ -65,12 +65,19 @@ fuzz_roundtrip(uint8_t type, const struct pbuf *first)
 		proto_fail_free(&m);
 		break;
 	}
-	case MSG_TASK: {
-		struct msg_task m;
-		if (proto_get_task(payload, len, &m) == -1)
+	case MSG_TASKS: {
+		struct msg_tasks m;
+		if (proto_get_tasks(payload, len, &m) == -1)
 			abort();
-		proto_put_task(&again, &m);
-		proto_task_free(&m);
+		proto_put_tasks(&again, &m);
+		proto_tasks_free(&m);
+		break;
+	}
+	case MSG_ACK: {
+		struct msg_ack m;
+		if (proto_get_ack(payload, len, &m) == -1)
+			abort();
+		proto_put_ack(&again, &m);
 		break;
 	}
 	case MSG_CANCEL: {
@@ -84,8 +91,9 @@ fuzz_roundtrip(uint8_t type, const struct pbuf *first)
 		struct msg_result m;
 		if (proto_get_result(payload, len, &m) == -1)
 			abort();
+		if (proto_result_size(&m) != first->len)
+			abort();
 		proto_put_result(&again, &m);
-		proto_result_free(&m);
 		break;
 	}
 	case MSG_LOG: {
@@ -134,12 +142,18 @@ fuzz_frame(uint8_t type, const uint8_t *p, size_t len)
 		}
 		break;
 	}
-	case MSG_TASK: {
-		struct msg_task m;
-		if ((ok = proto_get_task(p, len, &m) == 0)) {
-			proto_put_task(&b, &m);
-			proto_task_free(&m);
+	case MSG_TASKS: {
+		struct msg_tasks m;
+		if ((ok = proto_get_tasks(p, len, &m) == 0)) {
+			proto_put_tasks(&b, &m);
+			proto_tasks_free(&m);
 		}
+		break;
+	}
+	case MSG_ACK: {
+		struct msg_ack m;
+		if ((ok = proto_get_ack(p, len, &m) == 0))
+			proto_put_ack(&b, &m);
 		break;
 	}
 	case MSG_CANCEL: {
@@ -150,10 +164,8 @@ fuzz_frame(uint8_t type, const uint8_t *p, size_t len)
 	}
 	case MSG_RESULT: {
 		struct msg_result m;
-		if ((ok = proto_get_result(p, len, &m) == 0)) {
+		if ((ok = proto_get_result(p, len, &m) == 0))
 			proto_put_result(&b, &m);
-			proto_result_free(&m);
-		}
 		break;
 	}
 	case MSG_LOG: {

@@ -113,7 +113,8 @@ def configs():
 
 # --- proto (daemon/proto.c's framing) ----------------------------------------
 
-HELLO, READY, FAIL, TASK, CANCEL, RESULT, LOG = range(1, 8)
+HELLO, READY, FAIL, TASKS, CANCEL, RESULT, LOG, ACK = range(1, 9)
+VERSION = 3
 NONE = 0xffffffff
 RLIMITS = 5
 
@@ -142,41 +143,50 @@ def frame(t, payload):
 
 
 def hello(job="j", settings="factor = 2;\n", user=None, cwd=None):
-    return frame(HELLO, u32(2) + s(job) + s("/usr/lib/jobrund") + s("square") +
+    return frame(HELLO, u32(VERSION) + s(job) + s("/usr/lib/jobrund") + s("square") +
                  s(settings) + s("/etc/jobrund.conf") + u32(6) +
                  b"".join(u64(v) for v in (-1, 10, 64, -1, 0)) +
                  s(user) + u32(65534) + u32(65534) + u32(1 if user else 0) + s(cwd))
 
 
-def result(i, status=0, out=b"25", err=None):
-    return frame(RESULT, u64(i) + u32(status) + s(out) + s(err) + u64(1700000000) +
-                 u32(123456789) + f64(0.004) + f64(0.002))
+def result(i, status=0, out=b"25", err=None, flags=0):
+    return frame(RESULT, u64(i) + u32(status) + u32(flags) + s(out) + s(err) +
+                 u64(1700000000) + u32(123456789) + f64(0.004) + f64(0.002))
+
+
+def tasks(first, inputs, timeout=30.0):
+    return frame(TASKS, u64(first) + f64(timeout) + u32(len(inputs)) +
+                 b"".join(s(i) for i in inputs))
 
 
 def proto():
     msgs = {
         "hello": hello(),
         "hello-user": hello(user="nobody", cwd="/tmp", settings=None),
-        "ready": frame(READY, u32(2) + u32(4242)),
+        "ready": frame(READY, u32(VERSION) + u32(4242)),
         "fail": frame(FAIL, s("plugin 'x': init failed")),
-        "task": frame(TASK, u64(7) + s("5") + f64(30.0)),
-        "task-noinput": frame(TASK, u64(8) + s(None) + f64(0.0)),
+        "task": tasks(7, ["5"]),
+        "task-noinput": tasks(8, [None], 0.0),
+        "tasks": tasks(0, [str(i) for i in range(64)] + ["", None, "x" * 300]),
         "cancel": frame(CANCEL, u64(7)),
+        "ack": frame(ACK, u64(7)),
         "result": result(7),
+        "result-output": result(7, 0, b"7", None, 1),
         "result-failed": result(9, 1, b"", "bad input"),
         "result-binary": result(10, 0, bytes(range(256))),
         "log": frame(LOG, u32(4) + s("a plugin says hello")),
     }
-    conv = hello() + frame(READY, u32(2) + u32(1)) + b"".join(
-        frame(TASK, u64(i) + s(str(i)) + f64(1.0)) + frame(LOG, u32(6) + s("x")) +
-        result(i) for i in range(5)) + frame(CANCEL, u64(5))
+    conv = hello() + frame(READY, u32(VERSION) + u32(1)) + tasks(0, ["0", "1"], 1.0) + \
+        b"".join(frame(LOG, u32(6) + s("x")) + result(i) for i in range(2)) + \
+        tasks(2, ["2", "3", "4"], 1.0) + result(2, 0, b"4", None, 1) + frame(ACK, u64(2)) + \
+        result(3) + result(4) + frame(CANCEL, u64(5))
     msgs["conversation"] = conv
     # The first byte is the harness's chunk size: whole, and split small.
     for name, data in msgs.items():
         put("proto", name, b"\xff" + data)
     put("proto", "conversation-split", b"\x00" + conv)
     put("proto", "truncated", b"\x10" + conv[:-3])
-    put("proto", "too-big", b"\x00" + u32(0x7fffffff) + bytes([TASK]))
+    put("proto", "too-big", b"\x00" + u32(0x7fffffff) + bytes([TASKS]))
 
 
 # --- ctl (line-delimited JSON, daemon/ctl.c) ----------------------------------

@@ -1,7 +1,8 @@
 /*
  * test_proto.c - the daemon <-> worker protocol: every message survives a
  * round trip; truncated, padded, oversized or hostile frames are refused
- * (never over-read); frames split across reads are reassembled.
+ * (never over-read); frames split across reads are reassembled; the
+ * shared claim word's halves survive wrapping at 2^32.
  */
 #include "config.h"
 
@@ -70,52 +71,177 @@ test_hello_roundtrip(void **state)
 }
 
 static void
-test_task_and_result_roundtrip(void **state)
+test_tasks_and_result_roundtrip(void **state)
 {
 	struct pbuf b = { 0 };
-	struct msg_task t = { .id = 42, .input = "1000000", .timeout_s = 2.5 }, t2;
+	const char *inputs[] = { "1000000", NULL, "", "x\ny" };
+	struct msg_tasks t = { .first = 42, .count = 4, .timeout_s = 2.5,
+		.inputs = inputs }, t2;
 	static const char binary[] = { 'a', '\0', 'b', '\xff' };
 	struct msg_result r = { .id = 42, .status = TASK_FAILED,
-		.output = (char *)(uintptr_t)binary, .output_len = sizeof binary,
-		.error = "bad input", .started_sec = 1795000000, .started_nsec = 123456789,
+		.flags = PROTO_RESULT_OUTPUT,
+		.output = binary, .output_len = sizeof binary,
+		.error = "bad input", .error_len = 9,
+		.started_sec = 1795000000, .started_nsec = 123456789,
 		.wall_s = 0.25, .cpu_s = 0.125 }, r2;
 	const uint8_t *p;
 	uint8_t type;
-	size_t len;
+	size_t len, at;
 
 	(void)state;
-	proto_put_task(&b, &t);
+	proto_put_tasks(&b, &t);
 	p = frame_payload(&b, &type, &len);
-	assert_int_equal(type, MSG_TASK);
-	assert_int_equal(proto_get_task(p, len, &t2), 0);
-	assert_int_equal(t2.id, 42);
-	assert_string_equal(t2.input, "1000000");
+	assert_int_equal(type, MSG_TASKS);
+	assert_int_equal(proto_get_tasks(p, len, &t2), 0);
+	assert_int_equal(t2.first, 42);
+	assert_int_equal(t2.count, 4);
 	assert_true(t2.timeout_s == 2.5);
-	proto_task_free(&t2);
+	assert_string_equal(t2.inputs[0], "1000000");
+	assert_null(t2.inputs[1]);
+	assert_string_equal(t2.inputs[2], "");
+	assert_string_equal(t2.inputs[3], "x\ny");
+	proto_tasks_free(&t2);
 
-	b.len = 0;
-	t.input = NULL;
-	proto_put_task(&b, &t);
-	p = frame_payload(&b, &type, &len);
-	assert_int_equal(proto_get_task(p, len, &t2), 0);
-	assert_null(t2.input);
-	proto_task_free(&t2);
+	/* Built one input at a time, it is the same frame. */
+	{
+		struct pbuf b2 = { 0 };
 
+		at = proto_tasks_begin(&b2, 42, 2.5);
+		for (int i = 0; i < 4; i++)
+			proto_tasks_add(&b2, inputs[i]);
+		proto_tasks_end(&b2, at, 4);
+		assert_int_equal(b2.len, b.len);
+		assert_memory_equal(b2.data, b.data, b.len);
+		pbuf_free(&b2);
+	}
+
+	/* A result borrows its strings from the frame. */
 	b.len = 0;
 	proto_put_result(&b, &r);
+	assert_int_equal(b.len, proto_result_size(&r));
 	p = frame_payload(&b, &type, &len);
 	assert_int_equal(type, MSG_RESULT);
 	assert_int_equal(proto_get_result(p, len, &r2), 0);
 	assert_int_equal(r2.id, 42);
 	assert_int_equal(r2.status, TASK_FAILED);
+	assert_int_equal(r2.flags, PROTO_RESULT_OUTPUT);
 	assert_int_equal(r2.output_len, sizeof binary);
 	assert_memory_equal(r2.output, binary, sizeof binary);
-	assert_string_equal(r2.error, "bad input");
+	assert_true(r2.output >= (const char *)p && r2.output < (const char *)p + len);
+	assert_int_equal(r2.error_len, 9);
+	assert_memory_equal(r2.error, "bad input", 9);
 	assert_int_equal(r2.started_sec, 1795000000);
 	assert_int_equal(r2.started_nsec, 123456789);
 	assert_true(r2.wall_s == 0.25 && r2.cpu_s == 0.125);
-	proto_result_free(&r2);
+
+	/* No error travels as "none". */
+	b.len = 0;
+	r.error = NULL;
+	r.error_len = 0;
+	proto_put_result(&b, &r);
+	assert_int_equal(b.len, proto_result_size(&r));
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_result(p, len, &r2), 0);
+	assert_null(r2.error);
+
+	/* Into a buffer of exactly its size (the worker's spool). */
+	{
+		uint8_t room[256];
+		struct pbuf fixed = { room, 0, proto_result_size(&r) };
+
+		proto_put_result(&fixed, &r);
+		assert_ptr_equal(fixed.data, room);
+		assert_int_equal(fixed.len, b.len);
+		assert_memory_equal(room, b.data, b.len);
+	}
 	pbuf_free(&b);
+}
+
+/* TASKS frames the worker must refuse. */
+static void
+test_tasks_hostile(void **state)
+{
+	struct pbuf b = { 0 };
+	const char *one[] = { "a" };
+	struct msg_tasks t = { .first = 1, .count = 1, .inputs = one }, t2;
+	const uint8_t *p;
+	uint8_t type, *copy;
+	size_t len, at;
+
+	(void)state;
+	/* No task, too many, ids past 2^64, a NaN or negative timeout. */
+	at = proto_tasks_begin(&b, 1, 0);
+	proto_tasks_end(&b, at, 0);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_tasks(p, len, &t2), -1);
+	assert_int_equal(errno, EPROTO);
+
+	b.len = 0;
+	at = proto_tasks_begin(&b, 1, 0);
+	for (int i = 0; i < PROTO_MAX_BATCH + 1; i++)
+		proto_tasks_add(&b, "x");
+	proto_tasks_end(&b, at, PROTO_MAX_BATCH + 1);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_tasks(p, len, &t2), -1);
+
+	b.len = 0;
+	t.first = UINT64_MAX;
+	proto_put_tasks(&b, &t);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_tasks(p, len, &t2), -1);
+	t.first = 1;
+
+	for (int i = 0; i < 2; i++) {
+		b.len = 0;
+		t.timeout_s = i ? -1.0 : 0.0 / 0.0;
+		proto_put_tasks(&b, &t);
+		p = frame_payload(&b, &type, &len);
+		assert_int_equal(proto_get_tasks(p, len, &t2), -1);
+	}
+	t.timeout_s = 0;
+
+	/* A count larger than the inputs there, every truncation, and a
+	 * byte too many. */
+	b.len = 0;
+	at = proto_tasks_begin(&b, 1, 0);
+	proto_tasks_add(&b, "a");
+	proto_tasks_end(&b, at, 2);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_tasks(p, len, &t2), -1);
+
+	b.len = 0;
+	proto_put_tasks(&b, &t);
+	p = frame_payload(&b, &type, &len);
+	for (size_t cut = 0; cut < len; cut++)
+		assert_int_equal(proto_get_tasks(p, cut, &t2), -1);
+	copy = malloc(len + 1);
+	memcpy(copy, p, len);
+	copy[len] = 0;
+	assert_int_equal(proto_get_tasks(copy, len + 1, &t2), -1);
+	free(copy);
+	pbuf_free(&b);
+}
+
+/* The claim word's halves wrap at 2^32; unpacked against a reference
+ * below them, they come back whole. */
+static void
+test_claim_word(void **state)
+{
+	uint64_t base = 0xfffffff0ull, word;
+
+	(void)state;
+	word = proto_claim(base + 5, base + 40);        /* both wrap */
+	assert_true((uint32_t)word == (uint32_t)(base + 5));
+	assert_true(proto_claim_next(word, base) == base + 5);
+	assert_true(proto_claim_limit(word, base + 5) == base + 40);
+	word = proto_claim(7, 7);
+	assert_true(proto_claim_next(word, 0) == 7);
+	assert_true(proto_claim_limit(word, 7) == 7);
+	/* Far past the first 2^32 tasks. */
+	base = (5ull << 32) + 3;
+	word = proto_claim(base, base + 1000);
+	assert_true(proto_claim_next(word, base - 100) == base);
+	assert_true(proto_claim_limit(word, base) == base + 1000);
 }
 
 static void
@@ -125,6 +251,7 @@ test_small_messages_roundtrip(void **state)
 	struct msg_ready rd = { .version = PROTO_VERSION, .pid = 4242 }, rd2;
 	struct msg_fail f = { .message = "cannot load" }, f2;
 	struct msg_cancel c = { .id = 7 }, c2;
+	struct msg_ack a = { .id = 1ull << 40 }, a2;
 	struct msg_log l = { .priority = LOG_NOTICE, .text = "hello" }, l2;
 	const uint8_t *p;
 	uint8_t type;
@@ -152,6 +279,14 @@ test_small_messages_roundtrip(void **state)
 	assert_int_equal(c2.id, 7);
 
 	b.len = 0;
+	proto_put_ack(&b, &a);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(type, MSG_ACK);
+	assert_int_equal(proto_get_ack(p, len, &a2), 0);
+	assert_true(a2.id == 1ull << 40);
+	assert_int_equal(proto_get_ack(p, len - 1, &a2), -1);
+
+	b.len = 0;
 	proto_put_log(&b, &l);
 	p = frame_payload(&b, &type, &len);
 	assert_int_equal(proto_get_log(p, len, &l2), 0);
@@ -167,7 +302,7 @@ test_truncated_and_padded(void **state)
 {
 	struct pbuf b = { 0 };
 	struct msg_result r = { .id = 1, .status = TASK_OK, .output = "out",
-		.output_len = 3, .error = NULL, .started_nsec = 0 }, r2;
+		.output_len = 3, .error = "e", .error_len = 1, .started_nsec = 0 }, r2;
 	struct msg_hello h = { .version = 1, .job = "j", .plugin_dir = "/d",
 		.plugin = "p" }, h2;
 	const uint8_t *p;
@@ -224,6 +359,19 @@ test_hostile_fields(void **state)
 	proto_put_result(&b, &r);
 	p = frame_payload(&b, &type, &len);
 	assert_int_equal(proto_get_result(p, len, &r2), -1);
+	b.len = 0;
+	r.started_nsec = 0;
+	r.flags = 2;            /* a flag this version does not know */
+	proto_put_result(&b, &r);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_result(p, len, &r2), -1);
+	b.len = 0;
+	r.flags = 0;
+	r.output = NULL;        /* a result always has an output */
+	proto_put_result(&b, &r);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(proto_get_result(p, len, &r2), 0);
+	assert_int_equal(r2.output_len, 0);
 	pbuf_free(&b);
 }
 
@@ -317,7 +465,9 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_hello_roundtrip),
-		cmocka_unit_test(test_task_and_result_roundtrip),
+		cmocka_unit_test(test_tasks_and_result_roundtrip),
+		cmocka_unit_test(test_tasks_hostile),
+		cmocka_unit_test(test_claim_word),
 		cmocka_unit_test(test_small_messages_roundtrip),
 		cmocka_unit_test(test_truncated_and_padded),
 		cmocka_unit_test(test_hostile_fields),

@@ -1,0 +1,202 @@
+"""Process mode's batches (issue 8): tasks travel to workers in batches
+over the socketpair, each claimed in the memory block the worker shares
+with jobrund before it starts, so that the daemon can take back those not
+started.  Through the real daemon (--once), these check that every task
+is run and recorded exactly once with its own result; that a slow task
+does not hold up the fast ones behind it; that a crash or a timeout in the
+middle of a batch ends exactly that task while the rest of the batch runs
+elsewhere, once; that what a task prints stays with that task; and that
+max_tasks_per_worker still holds.
+
+Nothing here sleeps blindly: each run is bounded by jrtest.TIMEOUT, and
+orders are read from the results jobrund prints as tasks finish.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+
+from jrtest import JOBRUND, TIMEOUT, main
+
+
+def job(name, plugin, inputs, extra="", workers=2):
+    return ('{ name = "%s"; plugin = "%s"; mode = "process"; workers = %d; '
+            'inputs = ( %s ); %s }' % (name, plugin, workers,
+                                       ", ".join('"%s"' % i for i in inputs), extra))
+
+
+def run_once(cfg, *jobs):
+    """jobrund -e --once: (status, results in completion order, stderr)."""
+    p = subprocess.Popen([JOBRUND, "-e", "-c", cfg, "--once"] + list(jobs),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=TIMEOUT * 2)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    return p.returncode, [json.loads(l) for l in out.splitlines()], err
+
+
+def by_index(res):
+    """{index: [results]}: more than one result for an index is a bug."""
+    seen = {}
+    for r in res:
+        seen.setdefault(r["index"], []).append(r)
+    return seen
+
+
+def exactly_once(tap, res, n, what):
+    seen = by_index(res)
+    twice = sorted(i for i, rs in seen.items() if len(rs) > 1)
+    missing = sorted(set(range(n)) - set(seen))
+    tap.ok(not twice and not missing and len(res) == n,
+           "%s: each of %d tasks reported exactly once" % (what, n),
+           {"twice": twice[:10], "missing": missing[:10], "results": len(res)})
+    return seen
+
+
+def test_many_fast_tasks(tap, env):
+    n = 20000
+    cfg = env.config(job("fast", "square", range(n)))
+    rc, res, err = run_once(cfg)
+    tap.eq(rc, 0, "fast: every task succeeds")
+    seen = exactly_once(tap, res, n, "fast")
+    wrong = [i for i, rs in seen.items() if rs[0].get("output") != str(i * i)]
+    tap.ok(not wrong, "fast: each output is its own input's square", wrong[:10])
+    pids = {r["pid"] for r in res}
+    tap.ok(1 <= len(pids) <= 2 and all(p > 0 for p in pids),
+           "fast: run by the job's workers (%d of them)" % len(pids), pids)
+    bad = [r for r in res if not (r.get("started") and r.get("wall_s", -1) >= 0 and
+                                  r.get("cpu_s", -1) >= 0)]
+    tap.ok(not bad, "fast: each result has its own start, wall and CPU time", bad[:3])
+    tap.ok("completed twice" not in err, "fast: nothing completed twice", err[-500:])
+
+
+def test_slow_task_does_not_hold_up_others(tap, env):
+    # Fast tasks first, so that batches have grown when the slow one
+    # comes: the tasks behind it in its worker's batch must be taken
+    # back and run by the other worker while it sleeps.
+    inputs = ["0"] * 300 + ["3"] + ["0"] * 600
+    cfg = env.config(job("slow", "sleep", inputs))
+    rc, res, err = run_once(cfg)
+    tap.eq(rc, 0, "slow: every task succeeds")
+    exactly_once(tap, res, len(inputs), "slow")
+    tap.ok(res and res[-1]["index"] == 300,
+           "slow: the fast tasks all finish while the slow one runs",
+           [r["index"] for r in res[-5:]])
+    slow = [r for r in res if r["index"] == 300]
+    others = {r["pid"] for r in res if r["index"] > 300}
+    tap.ok(slow and others - {slow[0]["pid"]},
+           "slow: the other worker ran the tasks after it", others)
+
+
+def test_crash_mid_batch(tap, env):
+    # One worker, so that the tasks after each crash in its batches can
+    # only run once they have gone back to the queue, on its successor.
+    n, bad = 3000, (1000, 2000, 2500)
+    inputs = ["t%d" % i for i in range(n)]
+    for i in bad:
+        inputs[i] = "segv"
+    cfg = env.config(job("crashb", "crash", inputs, workers=1))
+    rc, res, err = run_once(cfg)
+    tap.eq(rc, 3, "crash: the run fails")
+    seen = exactly_once(tap, res, n, "crash")
+    crashed = sorted((r for r in res if r["status"] != "ok"), key=lambda r: r["index"])
+    tap.ok([r["index"] for r in crashed] == list(bad) and
+           all(r["status"] == "crashed" and r.get("signal_name") == "SIGSEGV"
+               for r in crashed),
+           "crash: exactly the tasks that crashed are recorded crashed, with the signal",
+           crashed[:3])
+    wrong = [i for i, rs in seen.items() if i not in bad and rs[0].get("output") != inputs[i]]
+    tap.ok(not wrong, "crash: every other task ran and has its own output", wrong[:10])
+    tap.ok("completed twice" not in err, "crash: nothing completed twice")
+    tap.ok(re.search(r"job crashb: worker \d+: \d+ tasks? it had not started go back to "
+                     r"the queue", err), "crash: a worker crashed in the middle of a batch, "
+           "whose unstarted tasks went back to the queue", err[-800:])
+
+
+def test_crash_runs_nothing_twice(tap, env):
+    # Tasks with a side effect: each appends its input to a file, so a
+    # task run twice would show even if it were reported once.  The
+    # crashing one kills its worker with SIGSEGV after its line.
+    log = os.path.join(env.dir, "ran.log")
+    n, bad = 60, 30
+    inputs = ["x%d" % i for i in range(n)]
+    inputs[bad] = "crash"
+    cmd = ('echo $0 >> %s; case $0 in crash) kill -SEGV $PPID; sleep 5;; esac; echo $0'
+           % log)
+    cfg = env.config(job("side", "exec", inputs,
+                         'settings = { command = ["sh", "-c", "%s"]; };' % cmd))
+    rc, res, err = run_once(cfg)
+    exactly_once(tap, res, n, "side effects")
+    with open(log) as f:
+        lines = f.read().split()
+    tap.eq(sorted(lines), sorted(inputs), "side effects: each task ran exactly once")
+    st = by_index(res).get(bad, [{}])[0]
+    tap.ok(st.get("status") == "crashed" and st.get("signal_name") == "SIGSEGV",
+           "side effects: the task whose worker died is crashed", st)
+    tap.eq(sum(r["status"] == "ok" for r in res), n - 1, "side effects: the others are ok")
+
+
+def test_timeout_mid_batch(tap, env):
+    n, bad = 2000, 1000
+    inputs = ["t%d" % i for i in range(n)]
+    inputs[bad] = "hang"        # ignores SIGTERM: only SIGKILL ends it
+    # One worker: the tasks behind the hung one in its batch can only
+    # run once its deadline has taken them back.
+    cfg = env.config(job("tmo", "crash", inputs, 'timeout = "1s"; kill_grace = "300ms";',
+                         workers=1))
+    rc, res, err = run_once(cfg)
+    tap.eq(rc, 3, "timeout: the run fails")
+    seen = exactly_once(tap, res, n, "timeout")
+    failed = [r for r in res if r["status"] != "ok"]
+    tap.ok(len(failed) == 1 and failed[0]["index"] == bad and
+           failed[0]["status"] == "timeout" and failed[0].get("wall_s", 0) >= 1.0,
+           "timeout: exactly the task that hung times out, after its timeout", failed[:3])
+    wrong = [i for i, rs in seen.items() if i != bad and rs[0].get("output") != inputs[i]]
+    tap.ok(not wrong, "timeout: every other task ran once with its output", wrong[:10])
+    tap.ok("timed out after 1s" in err, "timeout: logged", err[-500:])
+    tap.ok(re.search(r"job tmo: worker \d+: \d+ tasks? it had not started go to other "
+                     r"workers", err), "timeout: it timed out in the middle of a batch, "
+           "whose unstarted tasks went to other workers", err[-800:])
+
+
+def test_output_stays_with_its_task(tap, env):
+    n = 600
+    inputs = ["print" if i % 7 == 3 else "t%d" % i for i in range(n)]
+    cfg = env.config(job("outb", "crash", inputs))
+    rc, res, err = run_once(cfg)
+    tap.eq(rc, 0, "output: every task succeeds")
+    seen = exactly_once(tap, res, n, "output")
+    bad = []
+    for i, rs in seen.items():
+        wo = rs[0].get("worker_output")
+        if inputs[i] == "print":
+            if (wo is None or wo.count("noise from the plugin on stdout") != 1 or
+                    wo.count("noise from the plugin on stderr") != 1):
+                bad.append((i, wo))
+        elif wo is not None:
+            bad.append((i, wo))
+    tap.ok(not bad, "output: what each task prints is kept with it, and only with it",
+           bad[:5])
+
+
+def test_max_tasks_per_worker(tap, env):
+    n = 1000
+    cfg = env.config(job("maxt", "square", range(n), "max_tasks_per_worker = 100;"))
+    rc, res, err = run_once(cfg)
+    tap.eq(rc, 0, "max_tasks: every task succeeds")
+    exactly_once(tap, res, n, "max_tasks")
+    per_pid = {}
+    for r in res:
+        per_pid[r["pid"]] = per_pid.get(r["pid"], 0) + 1
+    tap.ok(per_pid and max(per_pid.values()) <= 100 and len(per_pid) >= 10,
+           "max_tasks: no worker runs more than 100 tasks (%d workers)" % len(per_pid),
+           sorted(per_pid.values()))
+
+
+main([test_many_fast_tasks, test_slow_task_does_not_hold_up_others, test_crash_mid_batch,
+      test_crash_runs_nothing_twice, test_timeout_mid_batch, test_output_stays_with_its_task,
+      test_max_tasks_per_worker])
