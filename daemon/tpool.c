@@ -796,11 +796,11 @@ tpool_foreach_thread(struct tpool *tp,
 	int n;
 
 	/* Copy under the locks, call back without them.  Threads not
-	 * started yet are shown idle, with no thread id. */
+	 * started yet are not there to show, like worker processes. */
 	info = xcalloc((size_t)tp->nthreads, sizeof *info);
 	pthread_mutex_lock(&tp->lock);
-	n = tp->nthreads;
-	for (int i = 0; i < tp->nstarted; i++) {
+	n = tp->nstarted;
+	for (int i = 0; i < n; i++) {
 		struct tthread *th = &tp->threads[i];
 
 		pthread_mutex_lock(&th->lock);
