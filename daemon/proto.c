@@ -208,22 +208,26 @@ proto_put_tasks(struct pbuf *b, const struct msg_tasks *m)
 	proto_tasks_end(b, at, m->count);
 }
 
+/* CANCEL and ACK: a frame of one task id. */
+static void
+put_id_frame(struct pbuf *b, enum proto_type type, uint64_t id)
+{
+	size_t at = frame_begin(b, type);
+
+	put_u64(b, id);
+	frame_end(b, at);
+}
+
 void
 proto_put_cancel(struct pbuf *b, const struct msg_cancel *m)
 {
-	size_t at = frame_begin(b, MSG_CANCEL);
-
-	put_u64(b, m->id);
-	frame_end(b, at);
+	put_id_frame(b, MSG_CANCEL, m->id);
 }
 
 void
 proto_put_ack(struct pbuf *b, const struct msg_ack *m)
 {
-	size_t at = frame_begin(b, MSG_ACK);
-
-	put_u64(b, m->id);
-	frame_end(b, at);
+	put_id_frame(b, MSG_ACK, m->id);
 }
 
 size_t
