@@ -1107,8 +1107,8 @@ bench_main(const char *file, const char *jobname, const char *workers,
 		failed += b.runs[k].nfailed;
 	loop_timer_remove(b.drain);
 	loop_timer_remove(b.sampler);
-	loop_shutdown();
 	tpool_shutdown();
+	loop_shutdown();
 	bench_free(&b);
 	return failed > 0 || b.interrupted ? 3 : 0;
 }

@@ -633,8 +633,8 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 	if (d.pidfile)
 		unlink(d.pidfile);
 	notify_fini();
-	loop_shutdown();
 	tpool_shutdown();
+	loop_shutdown();
 	reaper_shutdown();
 	free(abs_file);
 	free(abs_pidfile);

@@ -622,7 +622,7 @@ bool run_all_quiet(void);
 /* ------------------------------------------------------------------ */
 struct tpool;
 /* Set up the completion eventfd in the loop; once, before any pool.
- * tpool_shutdown closes it, after loop_shutdown, when no pool is left. */
+ * tpool_shutdown closes it, before loop_shutdown, when no pool is left. */
 void tpool_setup(void);
 void tpool_shutdown(void);
 /* A pool for job DEF of up to its `workers` threads, started as tasks

@@ -195,8 +195,8 @@ once_main(const char *file, char **names, int nnames, bool log_stderr)
 	free(st.rts);
 	free(selected);
 	cfg_free(cfg);
-	loop_shutdown();
 	tpool_shutdown();
+	loop_shutdown();
 	reaper_shutdown();
 	return rc;
 }

@@ -11,10 +11,16 @@
  *
  * Finished tasks gather on the thread and move to one completion list
  * shared by all pools when the thread runs out of claimed work, when
- * DONE_BATCH have gathered or DONE_DELAY_S has passed; the first to
- * arrive on an empty list rings an eventfd that the main loop watches.
- * So results are recorded by the main thread, like everything else, and
- * the locks and the eventfd are paid per chunk, not per task.
+ * DONE_BATCH have gathered or DONE_DELAY_S of task time has passed; the
+ * first to arrive on an empty list rings an eventfd that the main loop
+ * watches.  So results are recorded by the main thread, like everything
+ * else, and the locks and the eventfd are paid per chunk, not per task.
+ * A thread that goes on to a long task would sit on what it holds: so
+ * while any pool has work, the main thread also takes what threads hold,
+ * SWEEP_S after work or results arrive and then less and less often
+ * while it finds nothing (up to SWEEP_MAX_S): a result is late by a few
+ * ms while results flow, by SWEEP_MAX_S at most, and a pool without work
+ * is never looked at.
  *
  * Threads start on demand, when tasks are queued and no thread is free
  * (up to `workers`), so a job that has not run costs no thread.
@@ -49,7 +55,16 @@
 
 #define CHUNK_MAX 64            /* tasks a thread claims at once */
 #define DONE_BATCH 64           /* finished tasks a thread holds back */
-#define DONE_DELAY_S 1e-3       /* ... and for how long at most */
+#define DONE_DELAY_S 1e-3       /* ... and for how much task time */
+#define SWEEP_S 5e-3            /* the main thread takes held results */
+#define SWEEP_MAX_S 1.0
+
+/* A list of finished tasks, held by the thread that finished them. */
+struct done_list {
+	struct task *head, *tail;
+	size_t n;
+	double wall;                    /* the time their tasks took */
+};
 
 /* One thread of a pool, and what `jobrunctl workers` shows of it. */
 struct tthread {
@@ -59,6 +74,7 @@ struct tthread {
 	pthread_mutex_t lock;           /* guards the rest but `cancel` */
 	struct task *mine, *mine_tail;  /* claimed, not started: stealable */
 	size_t nmine;
+	struct done_list held;          /* finished, not yet published */
 	bool busy;
 	uint64_t run;
 	size_t index;
@@ -87,6 +103,7 @@ struct tpool {
 	bool stopping;
 	int stuck;                      /* abandoned threads still inside the plugin */
 	struct loop_timer *watch;       /* looks for stuck threads (main thread) */
+	struct tpool *next_pool;        /* every pool, dying ones too */
 };
 
 /* Finished tasks, from every pool, waiting for the main thread. */
@@ -97,6 +114,12 @@ static int done_fd = -1;
  * exited, which they announce through the same eventfd. */
 static struct tpool **dying;
 static int ndying, dying_cap;
+/* Every pool not yet destroyed, and the timer that sweeps their threads'
+ * held results (main thread only). */
+static struct tpool *pools;
+static struct loop_timer *sweep_timer;
+static bool sweep_armed;
+static double sweep_every = SWEEP_S;
 
 static void
 ring(void)
@@ -138,13 +161,6 @@ give_result(struct task *t, struct task_result *res)
 
 /* --- a thread's claimed tasks ----------------------------------------- */
 
-/* A list of finished tasks, kept by the thread that finished them. */
-struct done_list {
-	struct task *head, *tail;
-	size_t n;
-	double wall;                    /* the time their tasks took */
-};
-
 static void
 list_append(struct task **head, struct task **tail, struct task *t)
 {
@@ -156,7 +172,17 @@ list_append(struct task **head, struct task **tail, struct task *t)
 	*tail = t;
 }
 
-/* Hand the thread's finished tasks to the main thread. */
+/* Take what SELF holds (SELF->lock held). */
+static struct done_list
+take_held(struct tthread *self)
+{
+	struct done_list dl = self->held;
+
+	memset(&self->held, 0, sizeof self->held);
+	return dl;
+}
+
+/* Hand finished tasks to the main thread. */
 static void
 publish(struct done_list *dl)
 {
@@ -283,18 +309,21 @@ steal(struct tpool *tp, struct tthread *self)
  * stopping and nothing is left.  Finished tasks are published before the
  * thread waits. */
 static struct task *
-next_task(struct tthread *self, struct done_list *dl)
+next_task(struct tthread *self)
 {
 	struct tpool *tp = self->tp;
 	struct task *t = NULL;
+	struct done_list dl = { 0 };
 
 	pthread_mutex_lock(&self->lock);
 	if (self->mine)
 		t = begin_next(self);
+	else
+		dl = take_held(self);
 	pthread_mutex_unlock(&self->lock);
 	if (t)
 		return t;
-	publish(dl);
+	publish(&dl);
 
 	pthread_mutex_lock(&tp->lock);
 	for (;;) {
@@ -332,7 +361,7 @@ thread_main(void *arg)
 {
 	struct tthread *self = arg;
 	struct tpool *tp = self->tp;
-	struct done_list dl = { 0 };
+	struct done_list dl;
 
 	pthread_mutex_lock(&self->lock);
 	self->tid = gettid();
@@ -343,7 +372,7 @@ thread_main(void *arg)
 		struct jr_task jt;
 		bool abandoned;
 
-		if ((t = next_task(self, &dl)) == NULL)
+		if ((t = next_task(self)) == NULL)
 			break;
 
 		memset(&res, 0, sizeof res);
@@ -364,6 +393,7 @@ thread_main(void *arg)
 			host_task_release(&jt);
 		}
 
+		dl.head = NULL;
 		pthread_mutex_lock(&self->lock);
 		self->busy = false;
 		self->done++;
@@ -375,6 +405,11 @@ thread_main(void *arg)
 		} else {
 			give_result(t, &res);
 			t->exec_priv = NULL;
+			list_append(&self->held.head, &self->held.tail, t);
+			self->held.n++;
+			self->held.wall += t->result.wall_s;
+			if (self->held.n >= DONE_BATCH || self->held.wall >= DONE_DELAY_S)
+				dl = take_held(self);
 		}
 		self->task = NULL;
 		pthread_mutex_unlock(&self->lock);
@@ -391,18 +426,83 @@ thread_main(void *arg)
 			ring();
 			continue;
 		}
-		list_append(&dl.head, &dl.tail, t);
-		dl.n++;
-		dl.wall += t->result.wall_s;
-		if (dl.n >= DONE_BATCH || dl.wall >= DONE_DELAY_S)
+		if (dl.head)
 			publish(&dl);
 	}
+	pthread_mutex_lock(&self->lock);
+	dl = take_held(self);
+	pthread_mutex_unlock(&self->lock);
 	publish(&dl);
 	ring();                         /* announce the exit (reap_dying) */
 	return NULL;
 }
 
 static void reap_dying(void);
+
+static void
+finish_list(struct task *list)
+{
+	while (list) {
+		struct task *t = list;
+		list = t->next;
+		t->next = NULL;
+		run_task_done(t);
+	}
+}
+
+/* Look for held results SWEEP_S from now (main thread). */
+static void
+sweep_soon(void)
+{
+	sweep_every = SWEEP_S;
+	if (sweep_armed || sweep_timer == NULL)
+		return;
+	loop_timer_set(sweep_timer, sweep_every, 0);
+	sweep_armed = true;
+}
+
+/* Take the results threads hold (one may be in a long task by now), and
+ * look again while any pool has work: soon if this found some, later and
+ * later if not. */
+static void
+sweep(void *arg)
+{
+	struct done_list all = { 0 };
+	bool working = false;
+
+	(void)arg;
+	sweep_armed = false;
+	for (struct tpool *tp = pools; tp; tp = tp->next_pool) {
+		pthread_mutex_lock(&tp->lock);
+		working |= tp->head != NULL;
+		for (int i = 0; i < tp->nstarted; i++) {
+			struct tthread *th = &tp->threads[i];
+			struct done_list dl;
+
+			pthread_mutex_lock(&th->lock);
+			dl = take_held(th);
+			working |= th->busy || th->mine != NULL;
+			pthread_mutex_unlock(&th->lock);
+			if (dl.head == NULL)
+				continue;
+			if (all.tail)
+				all.tail->next = dl.head;
+			else
+				all.head = dl.head;
+			all.tail = dl.tail;
+		}
+		pthread_mutex_unlock(&tp->lock);
+	}
+	if (all.head)
+		sweep_every = SWEEP_S;
+	else if ((sweep_every *= 2) > SWEEP_MAX_S)
+		sweep_every = SWEEP_MAX_S;
+	if (working) {
+		loop_timer_set(sweep_timer, sweep_every, 0);
+		sweep_armed = true;
+	}
+	finish_list(all.head);
+}
 
 static void
 completions_ready(int fd, uint32_t events, void *arg)
@@ -417,12 +517,9 @@ completions_ready(int fd, uint32_t events, void *arg)
 	list = done_head;
 	done_head = done_tail = NULL;
 	pthread_mutex_unlock(&done_lock);
-	while (list) {
-		struct task *t = list;
-		list = t->next;
-		t->next = NULL;
-		run_task_done(t);
-	}
+	if (list)
+		sweep_soon();
+	finish_list(list);
 	reap_dying();
 }
 
@@ -433,11 +530,19 @@ tpool_setup(void)
 	if (done_fd == -1)
 		fatal("eventfd");
 	loop_add(done_fd, EPOLLIN, completions_ready, NULL);
+	sweep_timer = loop_timer_new(sweep, NULL);
 }
 
 void
 tpool_shutdown(void)
 {
+	loop_timer_remove(sweep_timer);
+	sweep_timer = NULL;
+	sweep_armed = false;
+	/* A thread stuck in a plugin at exit may still ring: leave it the
+	 * descriptor rather than a number the next open could reuse. */
+	if (tpool_threads_alive() > 0)
+		return;
 	if (done_fd != -1)
 		close(done_fd);
 	done_fd = -1;
@@ -475,6 +580,8 @@ tpool_new(struct job_def *def, const struct jr_config *cfg, char *err, size_t er
 	tp->pl = loader_descriptor(def->plugin);
 	tp->state = state;
 	tp->pid = getpid();
+	tp->next_pool = pools;
+	pools = tp;
 	tp->nthreads = def->workers;
 	tp->threads = xcalloc((size_t)tp->nthreads, sizeof *tp->threads);
 	pthread_mutex_init(&tp->lock, NULL);
@@ -571,6 +678,7 @@ tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n)
 		free(why);
 		return;
 	}
+	sweep_soon();
 	/* A job with a timeout needs someone to notice a thread that does
 	 * not come back: only while it has work. */
 	if (tp->def->timeout_s > 0 && tp->watch == NULL) {
@@ -723,6 +831,11 @@ tpool_cancel(struct tpool *tp, struct task *t)
 static void
 tpool_destroy(struct tpool *tp)
 {
+	struct tpool **pp;
+
+	for (pp = &pools; *pp != tp; pp = &(*pp)->next_pool)
+		;
+	*pp = tp->next_pool;
 	for (int i = 0; i < tp->nstarted; i++)
 		pthread_join(tp->threads[i].th, NULL);
 	for (int i = 0; i < tp->nthreads; i++)

@@ -7,10 +7,13 @@ temporary configs.
 """
 
 import datetime
+import json
 import os
+import subprocess
+import threading
 import time
 
-from jrtest import BUILDDIR, Daemon, main, once, run, wait_for
+from jrtest import BUILDDIR, JOBRUND, Daemon, main, once, run, wait_for
 
 JOBRUNCTL = os.path.join(BUILDDIR, "jobrunctl")
 
@@ -75,6 +78,35 @@ def test_slow_task_does_not_hold_up_the_rest(tap, env):
            took)
 
 
+def test_results_not_held_behind_a_long_task(tap, env):
+    # One thread claims a chunk of tasks with the slow one fourth; the
+    # results of the three before it must come out while it runs, not
+    # after it.
+    inputs = ['"0.0001"'] * 3 + ['"3"'] + ['"0.0001"'] * 60
+    cfg = env.config('{ name = "nap"; plugin = "sleep"; mode = "thread"; '
+                     'workers = 1; inputs = [ %s ]; }' % ", ".join(inputs))
+    p = subprocess.Popen([JOBRUND, "-c", cfg, "--once"], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    t0 = time.monotonic()
+    seen = []
+
+    def read():
+        for line in p.stdout:
+            seen.append((time.monotonic() - t0, json.loads(line)))
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    got = wait_for(lambda: len(seen) >= 3, timeout=2.5)
+    early = [s for s in seen if s[0] < 2.5]
+    tap.ok(got and len(early) >= 3 and
+           all(r["input"] == "0.0001" for _, r in early),
+           "the three fast results came out while the slow task ran",
+           [(round(t, 3), r["input"]) for t, r in seen])
+    rc = p.wait(30)
+    reader.join(5)
+    tap.ok(rc == 0 and len(seen) == 64, "then the rest, and --once exits 0",
+           (rc, len(seen)))
+
+
 def test_cpu_time_within_wall_time(tap, env):
     cfg = env.config(",\n".join([
         '{ name = "spin"; plugin = "cpu"; mode = "thread"; workers = 1; '
@@ -102,4 +134,4 @@ def test_cpu_time_within_wall_time(tap, env):
 
 if __name__ == "__main__":
     main([test_threads_start_on_demand, test_slow_task_does_not_hold_up_the_rest,
-          test_cpu_time_within_wall_time])
+          test_results_not_held_behind_a_long_task, test_cpu_time_within_wall_time])
