@@ -387,7 +387,10 @@ struct proto_shm {
 	/* Which tasks may start: limit << 32 | next, both mod 2^32.  The
 	 * worker claims task NEXT with a compare-and-swap to NEXT + 1 while
 	 * next != limit; the daemon grants by raising LIMIT, revokes the
-	 * unstarted by lowering it to NEXT. */
+	 * unstarted by lowering it to NEXT, and after a revocation grants
+	 * from past the ids it took back (moving NEXT up), so that no id is
+	 * granted twice.  Tasks below NEXT have been claimed, but the last
+	 * one claimed is not always NEXT - 1. */
 	_Atomic uint64_t claim;
 	/* What the worker runs: RUN_SEQ is the task's id + 1 (0: none),
 	 * RUN_START its CLOCK_MONOTONIC start in ns; RUN_GEN is odd while
@@ -401,6 +404,12 @@ struct proto_shm {
 	_Atomic uint64_t spool_len;
 };
 #define PROTO_SHM_HEAD 4096                     /* struct proto_shm, padded */
+_Static_assert(sizeof(struct proto_shm) <= PROTO_SHM_HEAD,
+	       "struct proto_shm must fit before the spool");
+/* Shared between processes, the words must be lock-free: a lock would
+ * live in each process's own memory and guard nothing. */
+_Static_assert(__atomic_always_lock_free(sizeof(uint64_t), 0),
+	       "64-bit atomics must be lock-free to be shared with a worker");
 #define PROTO_SPOOL_SIZE (1024u * 1024)
 #define PROTO_SHM_SIZE (PROTO_SHM_HEAD + PROTO_SPOOL_SIZE)
 #define PROTO_SHM_SPOOL(shm) ((uint8_t *)(shm) + PROTO_SHM_HEAD)

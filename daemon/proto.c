@@ -23,6 +23,7 @@
 
 #include <endian.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -522,6 +523,14 @@ proto_get_cancel(const uint8_t *p, size_t len, struct msg_cancel *m)
 	return finish(&r);
 }
 
+/* A duration a result may carry: finite and not negative (a NaN would
+ * print as invalid JSON and poison the means derived from it). */
+static bool
+seconds_ok(double s)
+{
+	return s >= 0 && isfinite(s);
+}
+
 int
 proto_get_result(const uint8_t *p, size_t len, struct msg_result *m)
 {
@@ -539,7 +548,8 @@ proto_get_result(const uint8_t *p, size_t len, struct msg_result *m)
 	m->cpu_s = get_f64(&r);
 	if (m->output == NULL || m->status > TASK_SKIPPED ||
 	    (m->flags & ~PROTO_RESULT_OUTPUT) != 0 ||
-	    m->started_nsec < 0 || m->started_nsec >= 1000000000)
+	    m->started_nsec < 0 || m->started_nsec >= 1000000000 ||
+	    !seconds_ok(m->wall_s) || !seconds_ok(m->cpu_s))
 		r.bad = true;
 	if (finish(&r) == -1) {
 		memset(m, 0, sizeof *m);

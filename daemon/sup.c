@@ -30,7 +30,9 @@
  * never holds up those behind it), when a worker is stopped (timeout,
  * cancel, retirement) and when it dies.  After a revocation the next
  * grant moves next past the ids taken back, so that an id is never
- * granted twice.
+ * granted twice.  So the last task a worker started is the largest id it
+ * holds below next (last_started), not always next - 1: the worker may
+ * still run one from before the ids skipped.
  *
  * The batch size adapts per pool: 1 to start, doubled while a batch is
  * worth less than BATCH_TARGET of work (by the tasks' wall time), shrunk
@@ -42,10 +44,17 @@
  * one write, its results one read.
  *
  * The block is untrusted, as the socket is: every value read there is
- * checked against what we sent, and a worker whose block makes no sense
- * is killed.  What it says is running decides deadlines: one timer per
- * worker, armed while it holds tasks, for the deadline of the task it
- * runs.  Its exit decides that task's result: `timeout` when we killed it
+ * checked against what we sent (the claim word once per read of results
+ * too), and a worker whose block makes no sense is killed at once.  What
+ * it says is running decides deadlines: one timer per worker, armed while
+ * it holds tasks, for the deadline of the task it runs.  A block can also
+ * lie consistently (what runs cleared or never readable, next moved past
+ * tasks the worker then drops): a worker holding tasks it claimed and has
+ * not reported, running none we can see, and making no progress (no
+ * result, no claim) for WATCH_S is killed too.  The same timer watches
+ * for that: with a timeout it runs anyway; without one it is armed only
+ * while a read of results leaves the worker in that state, so an idle
+ * daemon, or one whose workers run long tasks, does not wake for it.  Its exit decides that task's result: `timeout` when we killed it
  * for its deadline, `cancelled` when we killed it for a cancel, `killed`
  * when someone else sent a termination signal (kill, pkill), `crashed`
  * for a fault signal or an exit.  Results it computed but had not sent
@@ -97,6 +106,20 @@ extern char **environ;
 #define STALL_FACTOR 8
 #define SUBMIT_POLL 1024                /* queued tasks between looks at the
 					   workers while a run submits */
+#define RUN_READ_TRIES 16               /* reads of what runs before giving
+					   up on a consistent one */
+#define WATCH_S 2.0                     /* s without progress that shows a
+					   worker's block is lying */
+
+/* What page_running finds. */
+enum run_state {
+	RUN_BAD = -1,                   /* the block makes no sense: the
+					   worker is being killed */
+	RUN_NONE,                       /* it runs no task */
+	RUN_TASK,                       /* it runs task *ID */
+	RUN_UNKNOWN,                    /* no consistent read (being
+					   changed, or left half-changed) */
+};
 
 enum wstate { W_STARTING, W_READY };
 
@@ -127,6 +150,12 @@ struct worker {
 	bool stop_set;
 	uint64_t stop_id;
 	bool timed_out, cancelled;
+	/* Holding claimed tasks while running none (see timer_fired): what
+	 * it had done when that was first seen, and when. */
+	bool watch_set;
+	int watch_done;
+	uint64_t watch_next;
+	double watch_since;
 	struct loop_timer *timer;       /* start-up, then task deadlines */
 	bool timer_armed;
 	struct loop_timer *escalate_timer;
@@ -180,6 +209,7 @@ static int pools_stopping;          /* stopped, not yet freed */
 static void dispatch(struct sup_pool *sp);
 static void worker_gone(struct worker *w, const siginfo_t *si);
 static void close_socket(struct worker *w);
+static void kill_corrupt(struct worker *w);
 
 const char *
 sup_worker_path(void)
@@ -384,8 +414,9 @@ ring_pop_back(struct worker *w)
 	return *ring_at(w, w->rlen);
 }
 
-/* The claim word: 0 with its NEXT (tasks below it have started), or -1
- * when it cannot be what the worker may have made of what we set. */
+/* The claim word: 0 with its NEXT (tasks below it have been claimed),
+ * or -1 when it cannot be what the worker may have made of what we set
+ * (then the worker is killed) or was found so before. */
 static int
 page_claim(struct worker *w, uint64_t *word, uint64_t *next)
 {
@@ -396,7 +427,7 @@ page_claim(struct worker *w, uint64_t *word, uint64_t *next)
 	v = atomic_load_explicit(&w->shm->claim, memory_order_acquire);
 	n = proto_claim_next(v, w->claim_next);
 	if ((uint32_t)(v >> 32) != (uint32_t)w->claim_limit || n > w->claim_limit) {
-		w->corrupt = true;
+		kill_corrupt(w);
 		return -1;
 	}
 	w->claim_next = n;
@@ -405,19 +436,22 @@ page_claim(struct worker *w, uint64_t *word, uint64_t *next)
 	return 0;
 }
 
-/* What the worker runs: 1 with its id and start (CLOCK_MONOTONIC s), 0
- * when it runs nothing, -1 when the block makes no sense. */
-static int
+/* What the worker runs: RUN_TASK with its id and start (CLOCK_MONOTONIC
+ * s), RUN_NONE, RUN_UNKNOWN when no consistent read could be had (a
+ * moment's change, or a block left half-changed), RUN_BAD when the block
+ * makes no sense (and the worker is being killed). */
+static enum run_state
 page_running(struct worker *w, uint64_t *id, double *start)
 {
 	uint64_t word, next, g1, g2, seq = 0, ns = 0;
 	int tries;
 
 	if (w->shm == NULL)
-		return -1;
+		return RUN_BAD;
 	/* The claim word after what runs: a task is claimed before the
-	 * worker says it runs it. */
-	for (tries = 0; tries < 1000; tries++) {
+	 * worker says it runs it.  Few tries: a writer preempted halfway
+	 * stays so for a time slice, and spinning does not help. */
+	for (tries = 0; tries < RUN_READ_TRIES; tries++) {
 		g1 = atomic_load_explicit(&w->shm->run_gen, memory_order_acquire);
 		if (g1 & 1)
 			continue;
@@ -429,19 +463,44 @@ page_running(struct worker *w, uint64_t *id, double *start)
 			break;
 	}
 	if (page_claim(w, &word, &next) == -1)
-		return -1;
-	if (tries == 1000 || seq == 0)
-		return 0;       /* changing under us: it is between tasks */
+		return RUN_BAD;
+	if (tries == RUN_READ_TRIES)
+		return RUN_UNKNOWN;
+	if (seq == 0)
+		return RUN_NONE;
 	*id = seq - 1;
 	*start = (double)ns / 1e9;
 	/* It must be a task it claimed and has not reported, started
 	 * after the worker did and not in the future. */
 	if (w->rlen == 0 || *id < ring_at(w, 0)->id || *id >= next ||
 	    *start < w->spawned - 1 || *start > mono_now() + 1) {
-		w->corrupt = true;
-		return -1;
+		kill_corrupt(w);
+		return RUN_BAD;
 	}
-	return 1;
+	return RUN_TASK;
+}
+
+/* The last task W started: of those it holds, the one with the largest
+ * id below NEXT (the claim word's); its place in the ring, or -1.  Not
+ * always NEXT - 1: a grant after a revocation moves next past the ids
+ * taken back while the worker may still run a task from before them. */
+static ssize_t
+last_started(struct worker *w, uint64_t next)
+{
+	for (size_t i = w->rlen; i > 0; i--)
+		if (ring_at(w, i - 1)->id < next)
+			return (ssize_t)(i - 1);
+	return -1;
+}
+
+/* The task of W's with id ID, or NULL. */
+static struct task *
+ring_find(struct worker *w, uint64_t id)
+{
+	for (size_t i = 0; i < w->rlen; i++)
+		if (ring_at(w, i)->id == id)
+			return ring_at(w, i)->task;
+	return NULL;
 }
 
 /* Take back the tasks W has not started whose ids are FROM or more (0:
@@ -455,7 +514,9 @@ take_back(struct worker *w, uint64_t from)
 
 	for (;;) {
 		if (page_claim(w, &word, &next) == -1)
-			return 0;       /* its death will sort them out */
+			return 0;       /* corrupt, so killed: worker_gone
+					   fails them (which ran cannot be
+					   told) */
 		limit = from > next ? from : next;
 		if (limit >= w->claim_limit)
 			return 0;
@@ -544,6 +605,7 @@ signal_group(struct worker *w, int sig)
 static void
 kill_corrupt(struct worker *w)
 {
+	w->corrupt = true;
 	if (w->escalation >= 3 || w->gone)
 		return;
 	log_msg(LOG_ERR, "job %s: worker %d: its shared state with jobrund is "
@@ -594,29 +656,46 @@ disarm_deadline(struct worker *w)
 	}
 }
 
-/* The task W runs passed its deadline: stop it. */
+/* The task W runs, ID, passed its deadline: stop it. */
 static void
 task_timed_out(struct worker *w, uint64_t id)
 {
 	struct sup_pool *sp = w->pool;
-	struct task *t = NULL;
-
-	for (size_t i = 0; i < w->rlen; i++)
-		if (ring_at(w, i)->id == id)
-			t = ring_at(w, i)->task;
+	struct task *t;
+	double start;
+	uint64_t now_id;
 	size_t n;
 
 	/* Nothing else starts there now. */
-	if ((n = take_back(w, 0)) > 0)
+	if ((n = take_back(w, 0)) > 0) {
 		kick(sp);
+		log_info("job %s: worker %d: %zu task%s it had not started go to "
+			 "other workers", sp->def->name, (int)w->pid, n, n == 1 ? "" : "s");
+	}
+	/* It may have ended since we looked, and the next one started
+	 * before the take-back: that one is innocent, and has a deadline of
+	 * its own.  Now that nothing new can start, look again. */
+	switch (page_running(w, &now_id, &start)) {
+	case RUN_BAD:
+		return;         /* being killed */
+	case RUN_TASK:
+		if (now_id == id)
+			break;
+		/* FALLTHROUGH */
+	default:
+		arm_deadline(w, 0);     /* the next look sees what runs now */
+		return;
+	}
+	if ((t = ring_find(w, id)) == NULL) {
+		kill_corrupt(w);        /* it runs a task it was not given */
+		return;
+	}
 	w->stop_set = true;
 	w->stop_id = id;
 	w->timed_out = true;
+	w->cancelled = false;
 	log_msg(LOG_NOTICE, "job %s: task %zu timed out after %gs", sp->def->name,
-		t ? t->index : (size_t)0, sp->def->timeout_s);
-	if (n > 0)
-		log_info("job %s: worker %d: %zu task%s it had not started go to "
-			 "other workers", sp->def->name, (int)w->pid, n, n == 1 ? "" : "s");
+		t->index, sp->def->timeout_s);
 	if (w->escalation >= 1)
 		return;         /* already being stopped: let that go on */
 	/* Straight to SIGTERM: the plugin saw the same deadline through
@@ -633,15 +712,32 @@ startup_expired(struct worker *w)
 	signal_group(w, SIGKILL);
 }
 
-/* The worker's timer: its start-up limit, then the deadline of the task
- * it runs, read from the shared block. */
+/* Note what W has done, on first seeing it hold tasks it claimed and
+ * has not reported while it runs none we can see. */
+static void
+watch_mark(struct worker *w, uint64_t next, double now)
+{
+	w->watch_set = true;
+	w->watch_done = w->tasks_done;
+	w->watch_next = next;
+	w->watch_since = now;
+}
+
+/*
+ * The worker's timer: its start-up limit, then the deadline of the task
+ * it runs, read from the shared block; and the watch on a block that
+ * lies.  A worker holding tasks it claimed and has not reported, while
+ * what runs reads as nothing (or cannot be read), is between two tasks
+ * for a moment; one that stays so with no result and no claim for
+ * WATCH_S has dropped its tasks or hides what it runs: it is killed.
+ */
 static void
 timer_fired(void *arg)
 {
 	struct worker *w = arg;
-	double timeout = w->pool->def->timeout_s, start;
-	uint64_t id;
-	int rc;
+	double timeout = w->pool->def->timeout_s, start, now, left;
+	uint64_t id, word, next;
+	enum run_state rs;
 
 	w->timer_armed = false;
 	if (w->gone)
@@ -650,16 +746,20 @@ timer_fired(void *arg)
 		startup_expired(w);
 		return;
 	}
-	if (w->rlen == 0 || timeout <= 0 || w->stop_set)
-		return;
-	rc = page_running(w, &id, &start);
-	if (rc == -1) {
-		kill_corrupt(w);
+	if (w->rlen == 0 || w->stop_set) {
+		w->watch_set = false;
 		return;
 	}
-	if (rc == 1) {
-		double ran = mono_now() - start;
+	rs = page_running(w, &id, &start);
+	if (rs == RUN_BAD)
+		return;
+	now = mono_now();
+	if (rs == RUN_TASK) {
+		double ran = now - start;
 
+		w->watch_set = false;
+		if (timeout <= 0)
+			return;         /* a watch: it runs a task, all is well */
 		if (ran >= timeout) {
 			task_timed_out(w, id);
 			return;
@@ -667,8 +767,30 @@ timer_fired(void *arg)
 		arm_deadline(w, timeout - ran);
 		return;
 	}
-	/* Between tasks: none can have run longer than this. */
-	arm_deadline(w, timeout);
+	if (page_claim(w, &word, &next) == -1)
+		return;
+	if (ring_at(w, 0)->id >= next) {
+		/* Between tasks, holding none it claimed: none can have run
+		 * longer than this.  Without a timeout, watched until it is
+		 * seen running one. */
+		w->watch_set = false;
+		arm_deadline(w, timeout > 0 ? timeout : WATCH_S);
+		return;
+	}
+	if (!w->watch_set || w->watch_done != w->tasks_done || w->watch_next != next) {
+		watch_mark(w, next, now);
+	} else if (now - w->watch_since >= WATCH_S) {
+		log_msg(LOG_ERR, "job %s: worker %d holds tasks it claimed and has "
+			"not reported, yet by its shared state runs none (%s), and "
+			"has done nothing for %gs", w->pool->def->name, (int)w->pid,
+			rs == RUN_NONE ? "none set" : "unreadable", WATCH_S);
+		kill_corrupt(w);
+		return;
+	}
+	left = w->watch_since + WATCH_S - now;
+	if (left < 0.01)
+		left = 0.01;
+	arm_deadline(w, timeout > 0 && timeout < left ? timeout : left);
 }
 
 /* Give W N tasks from the head of the queue, as one TASKS frame. */
@@ -678,13 +800,15 @@ send_batch(struct worker *w, uint32_t n)
 	struct sup_pool *sp = w->pool;
 	size_t at;
 
-	if (grant(w, n) == -1) {
-		if (w->corrupt)
-			kill_corrupt(w);
-		return;
+	if (grant(w, n) == -1)
+		return;         /* not now, or corrupt (and being killed) */
+	if (w->rlen == 0 && !w->timer_armed) {
+		/* Its deadline; without one, the watch (timer_fired), as
+		 * long as it holds tasks and is not seen running one.  An
+		 * armed watch stays so: it looks at what holds then. */
+		w->watch_set = false;
+		arm_deadline(w, sp->def->timeout_s > 0 ? sp->def->timeout_s : WATCH_S);
 	}
-	if (w->rlen == 0 && sp->def->timeout_s > 0 && !w->timer_armed)
-		arm_deadline(w, sp->def->timeout_s);
 	at = proto_tasks_begin(&w->conn.out, w->next_id, sp->def->timeout_s);
 	for (uint32_t i = 0; i < n; i++) {
 		struct task *t = queue_pop(sp);
@@ -907,19 +1031,39 @@ struct rstats {
 	double wall;
 };
 
-static void
+/* Is a result for task ID the one W owes next?  The oldest it holds, and
+ * claimed (the claim word is looked at only when the last look is too
+ * old to say). */
+static bool
+result_expected(struct worker *w, uint64_t id)
+{
+	uint64_t word, next;
+
+	if (w->rlen == 0 || id != ring_at(w, 0)->id)
+		return false;
+	if (id < w->claim_next)
+		return true;
+	return page_claim(w, &word, &next) == 0 && id < next;
+}
+
+/* Record a result; false (and the worker killed) when it is not one W
+ * owes. */
+static bool
 take_result(struct worker *w, const struct msg_result *m, struct rstats *st)
 {
 	struct task *t;
 	struct task_result *r;
 
-	if (w->rlen == 0 || m->id != ring_at(w, 0)->id) {
+	if (!result_expected(w, m->id)) {
+		if (w->escalation >= 3)
+			return false;   /* being killed already: the rest of
+					   what it says is not believed */
 		log_msg(LOG_ERR, "job %s: worker %d sent a result for task %" PRIu64
 			" it was not running: stopping it", w->pool->def->name,
 			(int)w->pid, m->id);
 		w->escalation = 3;
 		signal_group(w, SIGKILL);
-		return;
+		return false;
 	}
 	if (m->flags & PROTO_RESULT_OUTPUT) {
 		/* What the task printed before returning is in the pipe
@@ -978,6 +1122,7 @@ take_result(struct worker *w, const struct msg_result *m, struct rstats *st)
 	st->n++;
 	st->wall += m->wall_s;
 	run_task_done(t);
+	return true;
 }
 
 /* After a read's frames: adapt the batch size, check the worker's
@@ -999,13 +1144,40 @@ after_results(struct worker *w, const struct rstats *st)
 		check_worker_limits(w);
 	}
 	if (w->rlen == 0) {
-		disarm_deadline(w);
+		/* A deadline goes; the watch (no timeout) is left to fire
+		 * once and lapse: arming and disarming it for each batch
+		 * would cost two system calls a batch. */
+		if (sp->def->timeout_s > 0)
+			disarm_deadline(w);
+		w->watch_set = false;
+		/* What it wrote that no result claimed is nobody's: logged,
+		 * and not kept for a later task. */
+		free(w->pend);
+		w->pend = NULL;
+		w->pend_len = w->pend_dropped = 0;
 		if (w->stopping && w->escalation < 2 && !w->gone)
 			close_socket(w);
-	} else if (sp->def->timeout_s > 0 && !w->timer_armed && !w->stop_set &&
-		   !w->gone) {
-		/* A stop just ended (its task reported) and others follow. */
-		arm_deadline(w, sp->def->timeout_s);
+	} else if (!w->gone) {
+		uint64_t word, next;
+
+		/* One look at the claim word per read: a block changed under
+		 * us is caught now, not when we next write it. */
+		if (page_claim(w, &word, &next) == -1 || w->timer_armed || w->stop_set)
+			return;
+		if (sp->def->timeout_s > 0) {
+			/* A stop just ended (its task reported) and others
+			 * follow. */
+			arm_deadline(w, sp->def->timeout_s);
+			return;
+		}
+		/* No deadline: watch it all the same (timer_fired) until it
+		 * is seen running a task, so that a block that lies cannot
+		 * hold its tasks for ever. */
+		if (ring_at(w, 0)->id < next)
+			watch_mark(w, next, mono_now());
+		else
+			w->watch_set = false;
+		arm_deadline(w, WATCH_S);
 	}
 }
 
@@ -1147,9 +1319,8 @@ read_spool(struct worker *w)
 			break;
 		if (m.id < ring_at(w, 0)->id)
 			continue;       /* sent, and read already */
-		if (m.id != ring_at(w, 0)->id)
+		if (!take_result(w, &m, &st))
 			break;
-		take_result(w, &m, &st);
 	}
 	after_results(w, &st);
 }
@@ -1471,13 +1642,11 @@ stalled(struct worker *w, double now)
 	if (w->rlen == 0)
 		return false;
 	rc = page_running(w, &id, &start);
-	if (rc == -1) {
-		kill_corrupt(w);
-		return true;
-	}
-	if (limit < STALL_MIN)
+	if (rc == RUN_BAD)
+		return true;    /* being killed */
+	if (!(limit >= STALL_MIN))
 		limit = STALL_MIN;
-	return rc == 1 && now - start > limit;
+	return rc == RUN_TASK && now - start > limit;
 }
 
 /* Tasks W may still be given under max_tasks_per_worker. */
@@ -1724,6 +1893,10 @@ end_running_task(struct worker *w, struct task *t, const siginfo_t *si,
 		r->status = TASK_TIMEOUT;
 		r->error = xasprintf("timed out after %gs; worker %s",
 				     sp->def->timeout_s, how);
+	} else if (w->corrupt) {
+		r->status = TASK_CRASHED;
+		r->error = xasprintf("worker's shared state with jobrund was corrupt, "
+				     "and jobrund killed it; worker %s", how);
 	} else if (w->lost_socket) {
 		r->status = TASK_CRASHED;
 		r->error = xasprintf("worker closed its connection to jobrund "
@@ -1750,7 +1923,7 @@ worker_gone(struct worker *w, const siginfo_t *si)
 	struct worker **pp;
 	struct task *ran = NULL, *lost = NULL, **lost_tail = &lost;
 	char *how = describe_exit(si);
-	uint64_t word, next = 0, run_id = 0;
+	uint64_t word, next = 0, run_id = 0, ran_id = 0;
 	double run_start = 0;
 	bool claim_ok, requeued = false;
 	size_t nrequeued = 0;
@@ -1788,21 +1961,31 @@ worker_gone(struct worker *w, const siginfo_t *si)
 	if (w->all_next)
 		w->all_next->all_prev = w->all_prev;
 
-	/* Its tasks not reported: the one it ran (by the claim word) ends
-	 * by how the worker did; those it had not started go back to the
-	 * queue; any other started one lost its result with it. */
-	if (page_running(w, &run_id, &run_start) != 1)
+	/* Its tasks not reported: the one it ran ends by how the worker
+	 * did; those it had not started go back to the queue; any other
+	 * started one lost its result with it.  The one it ran is the one
+	 * its block says, else the last it claimed (last_started: not
+	 * always next - 1). */
+	if (page_running(w, &run_id, &run_start) != RUN_TASK || ring_find(w, run_id) == NULL)
 		run_start = 0;
 	claim_ok = page_claim(w, &word, &next) == 0;
-	if (w->rlen > 0 && claim_ok && next > ring_at(w, 0)->id) {
-		for (size_t i = 0; i < w->rlen; i++)
-			if (ring_at(w, i)->id == next - 1)
-				ran = ring_at(w, i)->task;
+	if (w->rlen > 0 && claim_ok) {
+		ssize_t i = last_started(w, next);
+
+		if (run_start > 0) {
+			ran = ring_find(w, run_id);
+			ran_id = run_id;
+		} else if (i >= 0) {
+			ran = ring_at(w, (size_t)i)->task;
+			ran_id = ring_at(w, (size_t)i)->id;
+		}
 	} else if (w->rlen > 0 && !claim_ok) {
 		ran = ring_at(w, 0)->task;      /* which ran cannot be told */
+		ran_id = ring_at(w, 0)->id;
 	}
 	if (ran)
-		end_running_task(w, ran, si, how, run_id == next - 1 ? run_start : 0);
+		end_running_task(w, ran, si, how, run_start > 0 && run_id == ran_id ?
+				 run_start : 0);
 	else if (w->state == W_STARTING && !w->stopping && !sp->stopping)
 		log_msg(LOG_ERR, "job %s: worker %d %s before it was ready%s%s",
 			sp->def->name, (int)w->pid, how, w->fail_msg ? ": " : "",
@@ -1923,7 +2106,11 @@ stop_started(struct sup_pool *sp, struct worker *w, uint64_t id, bool now)
 	if (take_back(w, 0) > 0)
 		kick(sp);
 	if (now) {
-		/* Shutdown: no polite request, and the config's grace. */
+		/* Shutdown: no polite request, and the config's grace.  A
+		 * timeout under way for this task stays one; for another
+		 * (over since) it must not become this one's status. */
+		if (!w->stop_set || w->stop_id != id)
+			w->timed_out = false;
 		w->stop_set = true;
 		w->stop_id = id;
 		w->cancelled = true;
@@ -1994,9 +2181,16 @@ sup_cancel(struct sup_pool *sp, struct task *t, bool now)
 		kill_corrupt(w);
 		return;
 	}
-	/* Started.  Unless it is the last one started, it is over, and its
-	 * result is on its way. */
-	if (page_claim(w, &word, &next) == 0 && id + 1 < next)
+	/* Started.  Nothing else starts there now (so what follows cannot
+	 * change under us); then, unless it is the last one started, it is
+	 * over, and its result is on its way.  Not "id + 1 < next": a grant
+	 * after a revocation skips ids. */
+	if (take_back(w, 0) > 0)
+		kick(sp);
+	if (page_claim(w, &word, &next) == -1)
+		return;         /* corrupt: being killed */
+	ssize_t last = last_started(w, next);
+	if (last >= 0 && ring_at(w, (size_t)last)->id > id)
 		return;
 	stop_started(sp, w, id, now);
 }
@@ -2181,10 +2375,10 @@ sup_foreach_worker(struct sup_pool *sp,
 			double start;
 			uint64_t id;
 
-			if (page_running(w, &id, &start) == 1)
-				for (size_t i = 0; i < w->rlen; i++)
-					if (ring_at(w, i)->id == id)
-						t = ring_at(w, i)->task;
+			/* A block that makes no sense kills the worker here
+			 * too (page_running), as anywhere it is read. */
+			if (page_running(w, &id, &start) == RUN_TASK && ring_find(w, id))
+				t = ring_find(w, id);
 			wi.busy = true;
 			wi.run = t->result.run;
 			wi.index = t->index;

@@ -356,13 +356,15 @@ release_task(void)
 static void
 set_running(uint64_t run_seq, uint64_t start_ns)
 {
-	uint64_t gen = atomic_load_explicit(&shm->run_gen, memory_order_relaxed);
+	/* Odd while changing, even after, whatever a stray write left
+	 * there: one such write does not blind the daemon for good. */
+	uint64_t gen = atomic_load_explicit(&shm->run_gen, memory_order_relaxed) | 1;
 
-	atomic_store_explicit(&shm->run_gen, gen + 1, memory_order_relaxed);
+	atomic_store_explicit(&shm->run_gen, gen, memory_order_relaxed);
 	atomic_thread_fence(memory_order_release);
 	atomic_store_explicit(&shm->run_seq, run_seq, memory_order_relaxed);
 	atomic_store_explicit(&shm->run_start, start_ns, memory_order_relaxed);
-	atomic_store_explicit(&shm->run_gen, gen + 2, memory_order_release);
+	atomic_store_explicit(&shm->run_gen, gen + 1, memory_order_release);
 }
 
 /* What the job asked for, before any plugin code runs: directory,

@@ -6,7 +6,10 @@ is run and recorded exactly once with its own result; that a slow task
 does not hold up the fast ones behind it; that a crash or a timeout in the
 middle of a batch ends exactly that task while the rest of the batch runs
 elsewhere, once; that what a task prints stays with that task; and that
-max_tasks_per_worker still holds.
+max_tasks_per_worker still holds.  A plugin that scribbles on the shared
+block (crash.c's scribble: modes) gets its worker killed and the run
+ends, with or without a timeout; and the task a worker still runs after
+jobrund granted past ids it took back is the one that times out.
 
 Nothing here sleeps blindly: each run is bounded by jrtest.TIMEOUT, and
 orders are read from the results jobrund prints as tasks finish.
@@ -18,7 +21,9 @@ import re
 import signal
 import subprocess
 
-from jrtest import JOBRUND, TIMEOUT, main
+from jrtest import BUILDDIR, JOBRUND, TIMEOUT, Daemon, main, run, wait_for
+
+JOBRUNCTL = os.path.join(BUILDDIR, "jobrunctl")
 
 
 def job(name, plugin, inputs, extra="", workers=2):
@@ -27,12 +32,12 @@ def job(name, plugin, inputs, extra="", workers=2):
                                        ", ".join('"%s"' % i for i in inputs), extra))
 
 
-def run_once(cfg, *jobs):
+def run_once(cfg, *jobs, timeout=TIMEOUT * 2):
     """jobrund -e --once: (status, results in completion order, stderr)."""
     p = subprocess.Popen([JOBRUND, "-e", "-c", cfg, "--once"] + list(jobs),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out, err = p.communicate(timeout=TIMEOUT * 2)
+        out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         p.kill()
         out, err = p.communicate()
@@ -197,6 +202,64 @@ def test_max_tasks_per_worker(tap, env):
            sorted(per_pid.values()))
 
 
+def test_scribbled_block(tap, env):
+    # A plugin's wild write on the shared block: the worker drops the
+    # tasks it holds, or hides what it runs, and then idles or hangs.
+    # Each must get its worker killed and the run must end, every task
+    # reported once, with a timeout and without one.  (Before: the runs
+    # hung for ever.)
+    cases = [("gen", 'timeout = "1s";'), ("skip", 'timeout = "1s";'),
+             ("limit", ""), ("skip", ""), ("gen", "")]
+    for n, (how, extra) in enumerate(cases):
+        what = "scribble:%s%s" % (how, " with a timeout" if extra else "")
+        inputs = ["t%d" % i for i in range(300)] + ["scribble:" + how] + \
+                 ["u%d" % i for i in range(100)]
+        cfg = env.config(job("scr%d" % n, "crash", inputs, extra + ' kill_grace = "300ms";',
+                             workers=1), name="scr%d.conf" % n)
+        rc, res, err = run_once(cfg, timeout=TIMEOUT / 2)
+        tap.eq(rc, 3, "%s: the run ends, and fails" % what)
+        exactly_once(tap, res, len(inputs), what)
+        tap.ok(re.search(r"shared state with jobrund is corrupt: stopping it|"
+                         r"sent a result for task \d+ it was not running: stopping it",
+                         err), "%s: the worker is found out and killed" % what, err[-800:])
+
+
+def test_running_task_after_skipped_ids(tap, env):
+    # Two runs that overlap.  In the first, a task hides what it runs
+    # (as a worker between its claim and saying so would), so jobrund
+    # takes back every task behind it and, when the second run comes,
+    # grants that worker more past the ids taken back while the hidden
+    # task still runs.  Then it shows itself and hangs: it must be the
+    # one that times out (before: recorded "crashed ... result was lost"
+    # by an "idle worker"), and then cancel must still reach a task
+    # running so.
+    inputs = ["t%d" % i for i in range(200)] + ["scribble:hide"] + \
+             ["u%d" % i for i in range(200)]
+    cfg = env.config(job("hide", "crash", inputs, 'schedule = "@manual"; overlap = "allow"; '
+                         'timeout = "3s"; kill_grace = "300ms";'))
+    d = Daemon(env, cfg)
+    tap.ok(wait_for(lambda: os.path.exists(env.socket)), "skipped ids: daemon up")
+    ctl = [JOBRUNCTL, "-s", env.socket]
+    tap.eq(run(ctl + ["run", "hide"])[0], 0, "skipped ids: first run started")
+    # All the tasks after it done elsewhere: taken back, every one.  (Those
+    # before it may wait in its worker's spool: not looked for.)
+    tap.ok(d.wait_log(r"job hide run 1 task \d+ input=u\d+: ok", 200),
+           "skipped ids: the tasks after it ran elsewhere", "\n".join(d.log()[-20:]))
+    tap.eq(run(ctl + ["run", "hide"])[0], 0, "skipped ids: second run started")
+    tap.ok(d.wait_log(r"job hide run 1 task 200 input=scribble:hide: "),
+           "skipped ids: the hidden task is recorded", "\n".join(d.log()[-20:]))
+    line = [l for l in d.log() if "run 1 task 200 input=scribble:hide:" in l]
+    tap.ok(line and "scribble:hide: timeout" in line[0] and "SIGTERM" in line[0],
+           "skipped ids: it timed out, its worker killed by SIGTERM",
+           "\n".join(l for l in d.log() if not re.search(r"input=[tu]\d", l)))
+    tap.ok(not d.count(r"idle worker|result was lost"),
+           "skipped ids: no worker taken for idle, no result lost",
+           [l for l in d.log() if "idle worker" in l or "was lost" in l])
+    tap.ok(d.wait_log(r"job hide: run 2 finished"), "skipped ids: the second run ends")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "skipped ids: the daemon exits cleanly")
+
+
 main([test_many_fast_tasks, test_slow_task_does_not_hold_up_others, test_crash_mid_batch,
       test_crash_runs_nothing_twice, test_timeout_mid_batch, test_output_stays_with_its_task,
-      test_max_tasks_per_worker])
+      test_max_tasks_per_worker, test_scribbled_block, test_running_task_after_skipped_ids])

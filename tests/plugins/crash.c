@@ -16,8 +16,15 @@
  * children wait to be killed); it refuses to start unless RLIMIT_NPROC
  * binds it (a uid other than root, a limit of at most 256).  "fdleak:N"
  * opens N descriptors it never closes and reports how many the worker
- * has, or fails when it runs out.  Not thread-safe: it is meant for
- * process mode.
+ * has, or fails when it runs out.  For the worker's shared block
+ * (struct proto_shm, found through /proc/self/maps), wild writes as a
+ * buggy plugin might make: "scribble:limit" lowers the claim word's
+ * limit to its next (the worker drops what it holds), "scribble:skip"
+ * raises next to limit (the same, with a consistent word),
+ * "scribble:gen" leaves run_gen odd and hangs; "scribble:hide" clears
+ * run_seq (as if between tasks) until jobrund moves the claim word's
+ * next (a grant past ids it took back), then puts it back and hangs
+ * (SIGTERM ends it).  Not thread-safe: it is meant for process mode.
  */
 #include "config.h"
 
@@ -29,6 +36,7 @@
 #include <sys/wait.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -165,6 +173,75 @@ fork_bomb(const struct jr_host *host, jr_task *task)
 	return host->task_output(task, msg, strlen(msg)) == 0 ? 0 : EFBIG;
 }
 
+/* The worker's shared block: its words claim, run_gen, run_seq,
+ * run_start (see jobrund.h); NULL when it cannot be found. */
+static uint64_t *
+shared_block(void)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	char line[512];
+	unsigned long lo = 0;
+
+	while (f && fgets(line, sizeof line, f))
+		if (strstr(line, "memfd:jobrund-worker")) {
+			sscanf(line, "%lx", &lo);
+			break;
+		}
+	if (f)
+		fclose(f);
+	return (uint64_t *)lo;
+}
+
+static void
+set_seq(uint64_t *b, uint64_t seq, uint64_t start)
+{
+	uint64_t gen = __atomic_load_n(&b[1], __ATOMIC_RELAXED) | 1;
+
+	__atomic_store_n(&b[1], gen, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&b[2], seq, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&b[3], start, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&b[1], gen + 1, __ATOMIC_SEQ_CST);
+}
+
+static int
+scribble(const struct jr_host *host, jr_task *task, const char *how)
+{
+	uint64_t *b = shared_block(), w;
+
+	if (b == NULL) {
+		host->task_error(task, "no shared block");
+		return ENOENT;
+	}
+	if (strcmp(how, "limit") == 0) {
+		w = __atomic_load_n(&b[0], __ATOMIC_SEQ_CST);
+		__atomic_store_n(&b[0], w << 32 | (uint32_t)w, __ATOMIC_SEQ_CST);
+	} else if (strcmp(how, "skip") == 0) {
+		w = __atomic_load_n(&b[0], __ATOMIC_SEQ_CST);
+		__atomic_store_n(&b[0], (w & 0xffffffff00000000ull) | w >> 32,
+				 __ATOMIC_SEQ_CST);
+	} else if (strcmp(how, "gen") == 0) {
+		__atomic_fetch_or(&b[1], 1, __ATOMIC_SEQ_CST);
+		for (;;)
+			pause();
+	} else if (strcmp(how, "hide") == 0) {
+		uint64_t seq = __atomic_load_n(&b[2], __ATOMIC_SEQ_CST);
+		uint64_t start = __atomic_load_n(&b[3], __ATOMIC_SEQ_CST);
+		uint32_t before = (uint32_t)__atomic_load_n(&b[0], __ATOMIC_SEQ_CST);
+
+		set_seq(b, 0, 0);
+		/* At most a minute: then give up hiding. */
+		for (int i = 0; i < 60000; i++) {
+			if ((uint32_t)__atomic_load_n(&b[0], __ATOMIC_SEQ_CST) != before)
+				break;
+			usleep(1000);
+		}
+		set_seq(b, seq, start);
+		for (;;)
+			pause();
+	}
+	return host->task_output(task, how, strlen(how)) == 0 ? 0 : EFBIG;
+}
+
 static int
 crash_run(const struct jr_host *host, void *state, jr_task *task)
 {
@@ -217,6 +294,8 @@ crash_run(const struct jr_host *host, void *state, jr_task *task)
 		printf("noise from the plugin on stdout\n");
 		fflush(stdout);
 		fprintf(stderr, "noise from the plugin on stderr\n");
+	} else if (strncmp(in, "scribble:", 9) == 0) {
+		return scribble(host, task, in + 9);
 	} else if (strcmp(in, "forkbomb") == 0) {
 		return fork_bomb(host, task);
 	} else if (strncmp(in, "fdleak:", 7) == 0) {

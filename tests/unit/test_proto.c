@@ -7,6 +7,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -367,6 +368,24 @@ test_hostile_fields(void **state)
 	assert_int_equal(proto_get_result(p, len, &r2), -1);
 	b.len = 0;
 	r.flags = 0;
+	/* Durations must be finite and not negative: a NaN would print as
+	 * invalid JSON and poison the batch size's mean. */
+	{
+		const double bad[] = { NAN, INFINITY, -INFINITY, -1.0 };
+
+		for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+			for (int which = 0; which < 2; which++) {
+				r.wall_s = which == 0 ? bad[i] : 0.5;
+				r.cpu_s = which == 1 ? bad[i] : 0.5;
+				b.len = 0;
+				proto_put_result(&b, &r);
+				p = frame_payload(&b, &type, &len);
+				assert_int_equal(proto_get_result(p, len, &r2), -1);
+			}
+		}
+		r.wall_s = r.cpu_s = 0;
+		b.len = 0;
+	}
 	r.output = NULL;        /* a result always has an output */
 	proto_put_result(&b, &r);
 	p = frame_payload(&b, &type, &len);
