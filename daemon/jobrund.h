@@ -642,7 +642,11 @@ struct tpool *tpool_new(struct job_def *def, const struct jr_config *cfg,
 void tpool_submit(struct tpool *tp, struct task *task);
 /* Queue the N tasks of the array TASKS at once (one lock, one wake-up). */
 void tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n);
-void tpool_cancel(struct tpool *tp, struct task *task);
+/* Cancel every task of RUN the pool has not finished: queued and claimed
+ * ones end `cancelled` now, running ones are asked to stop (their flags
+ * are set: the caller has set each task's cancel flag first). */
+struct run;
+void tpool_cancel_run(struct tpool *tp, const struct run *run);
 /* Ask threads to stop after their task; frees when they have. */
 void tpool_free(struct tpool *tp);
 /* Threads of stopped pools still inside a plugin (for shutdown). */

@@ -533,6 +533,7 @@ jobrt_cancel(struct jobrt *rt, bool now)
 		/* Cancelling may complete tasks (and free the run) at once:
 		 * look at the count, not the run, after the last one. */
 		size_t n = run->ntasks, left = run->ntasks - run->ndone;
+		bool in_pool = false;
 		for (size_t i = 0; i < n && left > 0; i++) {
 			struct task *t = &run->tasks[i];
 			if (t->done)
@@ -546,11 +547,18 @@ jobrt_cancel(struct jobrt *rt, bool now)
 				loop_timer_remove(t->retry_timer);
 				t->retry_timer = NULL;
 				run_task_done(t);
-			} else if (rt->tpool)
-				tpool_cancel(rt->tpool, t);
-			else if (rt->sup)
+			} else if (rt->tpool) {
+				/* Flagged here, taken out of the pool below in
+				 * one pass: the run outlives this loop, since
+				 * this task is not done. */
+				atomic_store((_Atomic int *)&t->cancel, 1);
+				in_pool = true;
+			} else if (rt->sup) {
 				sup_cancel(rt->sup, t, now);
+			}
 		}
+		if (in_pool)
+			tpool_cancel_run(rt->tpool, run);
 	}
 }
 

@@ -80,6 +80,7 @@ struct tthread {
 	size_t index;
 	uint64_t done;
 	struct task *task;              /* the task it runs; NULL once abandoned */
+	const char *input;              /* its input (the definition's) */
 	double started;                 /* mono_now() when it took it */
 	bool abandoned;                 /* its result was given up (stuck) */
 	_Atomic int cancel;             /* the running task's cancel flag */
@@ -222,6 +223,8 @@ begin_next(struct tthread *self)
 	self->run = t->result.run;
 	self->index = t->index;
 	self->task = t;
+	self->input = t->input;         /* read under the lock: T may be
+					   abandoned (and freed) later */
 	/* Only the stuck-thread watch (jobs with a timeout) looks at it. */
 	self->started = self->tp->def->timeout_s > 0 ? mono_now() : 0;
 	self->abandoned = false;
@@ -386,7 +389,7 @@ thread_main(void *arg)
 			/* The input is the job definition's, which outlives
 			 * the pool (daemon.c frees a configuration only when
 			 * no pool is left that reads it). */
-			host_task_init(&jt, tp->def->name, t->input, tp->def->timeout_s);
+			host_task_init(&jt, tp->def->name, self->input, tp->def->timeout_s);
 			jt.cancel_check = cancel_check;
 			jt.cancel_arg = self;
 			host_run_task(tp->pl, tp->state, &jt, &res);
@@ -454,9 +457,11 @@ finish_list(struct task *list)
 static void
 sweep_soon(void)
 {
-	sweep_every = SWEEP_S;
-	if (sweep_armed || sweep_timer == NULL)
+	/* Armed for SWEEP_S already: leave it (no system call per batch);
+	 * armed for later, after finding nothing for a while: bring it in. */
+	if (sweep_timer == NULL || (sweep_armed && sweep_every == SWEEP_S))
 		return;
+	sweep_every = SWEEP_S;
 	loop_timer_set(sweep_timer, sweep_every, 0);
 	sweep_armed = true;
 }
@@ -620,15 +625,23 @@ start_threads(struct tpool *tp)
 	}
 }
 
-/* Finish T now, in the main thread, without running it. */
+/* Finish T now, in the main thread, without (waiting for) its run:
+ * RAN_S is how long it has been running, 0 if it never started. */
 static void
-finish_unrun(struct task *t, enum task_status st, const char *why)
+finish_unrun(struct task *t, enum task_status st, const char *why, double ran_s)
 {
 	t->next = NULL;
 	t->result.status = st;
 	free(t->result.error);
 	t->result.error = xstrdup(why);
 	clock_gettime(CLOCK_REALTIME, &t->result.started);
+	if (ran_s > 0) {
+		double start = ts_to_s(&t->result.started) - ran_s;
+
+		t->result.started.tv_sec = (time_t)start;
+		t->result.started.tv_nsec = (long)((start - (double)(time_t)start) * 1e9);
+		t->result.wall_s = ran_s;
+	}
 	t->result.pid = getpid();
 	run_task_done(t);
 }
@@ -665,7 +678,7 @@ tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n)
 	if (stuck == 0 && started == 0) {
 		for (size_t i = 0; i < n; i++)
 			finish_unrun(&tasks[i], TASK_FAILED, "not run: cannot start "
-				     "any thread for this job (see the log)");
+				     "any thread for this job (see the log)", 0);
 		return;
 	}
 	if (stuck > 0) {
@@ -674,7 +687,7 @@ tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n)
 				      "cannot kill a thread)", stuck, stuck == 1 ? "" : "s",
 				      stuck == 1 ? "is" : "are");
 		for (size_t i = 0; i < n; i++)
-			finish_unrun(&tasks[i], TASK_SKIPPED, why);
+			finish_unrun(&tasks[i], TASK_SKIPPED, why, 0);
 		free(why);
 		return;
 	}
@@ -704,6 +717,7 @@ stuck_watch(void *arg)
 {
 	struct tpool *tp = arg;
 	struct task *given_up[64], *queued = NULL, *queued_tail = NULL;
+	double ran[64];
 	size_t ngiven = 0;
 	bool idle = true;
 	double limit = tp->def->timeout_s + tp->def->kill_grace_s, now = mono_now();
@@ -719,6 +733,7 @@ stuck_watch(void *arg)
 		    now - th->started >= limit && ngiven < 64) {
 			th->abandoned = true;
 			tp->stuck++;
+			ran[ngiven] = now - th->started;
 			given_up[ngiven++] = th->task;
 			th->task->exec_priv = NULL;
 			th->task = NULL;
@@ -759,14 +774,14 @@ stuck_watch(void *arg)
 				      tp->def->timeout_s, tp->def->kill_grace_s);
 		log_msg(LOG_ERR, "job %s: run %" PRIu64 " task %zu: %s", tp->def->name,
 			given_up[i]->result.run, given_up[i]->index, why);
-		finish_unrun(given_up[i], TASK_TIMEOUT, why);
+		finish_unrun(given_up[i], TASK_TIMEOUT, why, ran[i]);
 		free(why);
 	}
 	while (queued) {
 		struct task *t = queued;
 		queued = t->next;
 		finish_unrun(t, TASK_SKIPPED, "not run: a thread of this job is stuck "
-			     "in the plugin (thread mode cannot kill a thread)");
+			     "in the plugin (thread mode cannot kill a thread)", 0);
 	}
 	if (idle && ngiven == 0) {
 		loop_timer_remove(tp->watch);
@@ -774,58 +789,68 @@ stuck_watch(void *arg)
 	}
 }
 
-/* Unlink T from the list at *HEAD (with *TAIL); true if it was there. */
-static bool
-list_remove(struct task **head, struct task **tail, struct task *t)
+/* Move the tasks of RUN from the list at *HEAD to *OUT; how many. */
+static size_t
+list_take_run(struct task **head, struct task **tail, const struct run *run,
+	      struct task **out)
 {
-	struct task *prev = NULL;
+	struct task *prev = NULL, *q = *head;
+	size_t n = 0;
 
-	for (struct task *q = *head; q; prev = q, q = q->next) {
-		if (q != t)
-			continue;
-		if (prev)
-			prev->next = q->next;
-		else
-			*head = q->next;
-		if (*tail == q)
-			*tail = prev;
-		q->next = NULL;
-		return true;
+	while (q) {
+		struct task *next = q->next;
+
+		if (q->run != run) {
+			prev = q;
+		} else {
+			if (prev)
+				prev->next = next;
+			else
+				*head = next;
+			if (*tail == q)
+				*tail = prev;
+			q->next = *out;
+			*out = q;
+			n++;
+		}
+		q = next;
 	}
-	return false;
+	return n;
 }
 
 void
-tpool_cancel(struct tpool *tp, struct task *t)
+tpool_cancel_run(struct tpool *tp, const struct run *run)
 {
-	bool was_queued;
+	struct task *taken = NULL;
 
-	atomic_store((_Atomic int *)&t->cancel, 1);
+	/* One pass over the queue and the claimed lists, whatever the size
+	 * of the run: cancelling task by task would walk the queue once per
+	 * task, with the main loop held all along. */
 	pthread_mutex_lock(&tp->lock);
-	was_queued = list_remove(&tp->head, &tp->tail, t);
-	if (was_queued)
-		tp->nqueued--;
-	for (int i = 0; i < tp->nstarted && !was_queued; i++) {
+	tp->nqueued -= list_take_run(&tp->head, &tp->tail, run, &taken);
+	for (int i = 0; i < tp->nstarted; i++) {
 		struct tthread *th = &tp->threads[i];
 
 		pthread_mutex_lock(&th->lock);
-		if (list_remove(&th->mine, &th->mine_tail, t)) {
-			th->nmine--;
-			was_queued = true;
-		} else if (th->task == t) {
+		th->nmine -= list_take_run(&th->mine, &th->mine_tail, run, &taken);
+		if (th->task != NULL && th->task->run == run)
 			atomic_store(&th->cancel, 1);
-		}
 		pthread_mutex_unlock(&th->lock);
 	}
 	pthread_mutex_unlock(&tp->lock);
-	if (was_queued) {
+	/* The last of these may end the run: nothing of it is looked at
+	 * after. */
+	while (taken) {
+		struct task *t = taken;
+
+		taken = t->next;
+		t->next = NULL;
 		t->result.status = TASK_CANCELLED;
 		t->result.error = xstrdup("cancelled before it started");
 		clock_gettime(CLOCK_REALTIME, &t->result.started);
 		t->result.pid = tp->pid;
 		run_task_done(t);
 	}
-	/* A running task sees the flag through host->task_cancelled. */
 }
 
 static void
