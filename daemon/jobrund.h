@@ -649,6 +649,9 @@ struct run;
 void tpool_cancel_run(struct tpool *tp, const struct run *run);
 /* Ask threads to stop after their task; frees when they have. */
 void tpool_free(struct tpool *tp);
+/* A thread of the pool was given up as stuck in the plugin and has not
+ * come back: the pool runs nothing until it does. */
+bool tpool_stuck(struct tpool *tp);
 /* Threads of stopped pools still inside a plugin (for shutdown). */
 int tpool_threads_alive(void);
 /* What a pool's threads are doing, one call of CB per thread. */

@@ -431,8 +431,11 @@ task_retry_due(struct task *t)
 	default:
 		return false;
 	}
+	/* A thread-mode job with a thread stuck in the plugin runs nothing
+	 * more: a retry would only turn this timeout into `skipped`. */
 	return t->attempt <= run->rt->def->retries && !run->cancelled &&
-	    !atomic_load((_Atomic int *)&t->cancel);
+	    !atomic_load((_Atomic int *)&t->cancel) &&
+	    !(run->rt->tpool != NULL && tpool_stuck(run->rt->tpool));
 }
 
 /* The wait before retry number N (1-based): retry_delay doubled N - 1

@@ -912,6 +912,17 @@ tpool_free(struct tpool *tp)
 	reap_dying();
 }
 
+bool
+tpool_stuck(struct tpool *tp)
+{
+	bool stuck;
+
+	pthread_mutex_lock(&tp->lock);
+	stuck = tp->stuck > 0;
+	pthread_mutex_unlock(&tp->lock);
+	return stuck;
+}
+
 int
 tpool_threads_alive(void)
 {

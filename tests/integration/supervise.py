@@ -309,6 +309,15 @@ def test_thread_mode_stuck(tap, env):
            res[:1])
     tap.ok("stuck in the plugin" in err and "exiting anyway" in err,
            "it is logged loudly, and --once still exits", err[-600:])
+    # With retries, the stuck task is not retried into `skipped`: its
+    # timeout is what the user must see.
+    cfg = env.config('{ name = "stuck"; plugin = "crash"; mode = "thread"; '
+                     'inputs = ["spin"]; timeout = "200ms"; retries = 2; '
+                     'kill_grace = "200ms"; }', name="retry.conf",
+                     extra="shutdown_grace = 0.5;\n")
+    rc, res, err = once(cfg)
+    tap.ok(rc == 3 and [(r.get("status"), r.get("attempt")) for r in res] ==
+           [("timeout", 1)], "with retries: still a timeout, not retried", res)
 
 
 def rss_kib(pid):
