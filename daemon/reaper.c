@@ -37,9 +37,12 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "jobrund.h"
+
+#define ENVIRON_TRIES 20             /* 100 us apart */
 
 static int sigchld_fd = -1;
 static pid_t self;
@@ -70,30 +73,53 @@ read_state(struct adoptee *a)
 	return true;
 }
 
-static void
-read_tags(struct adoptee *a)
+/* Read A's environment into *ENV (LEN bytes); false if it cannot. */
+static bool
+read_environ(const struct adoptee *a, char **env, size_t *len)
 {
-	char path[64], *env = NULL;
-	size_t len = 0, cap = 0;
+	char path[64];
+	size_t cap = 0;
 	FILE *fp;
 
-	a->job[0] = a->worker[0] = '\0';
+	*len = 0;
 	snprintf(path, sizeof path, "/proc/%d/environ", (int)a->pid);
 	if ((fp = fopen(path, "re")) == NULL)
-		return;
+		return false;
 	for (;;) {
-		if (len == cap) {
+		if (*len == cap) {
 			cap = cap ? cap * 2 : 4096;
 			if (cap > (1u << 20))
 				break;          /* absurd: give up, treat as unknown */
-			env = xrealloc(env, cap + 1);
+			*env = xrealloc(*env, cap + 1);
 		}
-		size_t n = fread(env + len, 1, cap - len, fp);
+		size_t n = fread(*env + *len, 1, cap - *len, fp);
 		if (n == 0)
 			break;
-		len += n;
+		*len += n;
 	}
 	fclose(fp);
+	return true;
+}
+
+static void
+read_tags(struct adoptee *a)
+{
+	char *env = NULL;
+	size_t len = 0;
+
+	a->job[0] = a->worker[0] = '\0';
+	/* A process in the middle of execve shows an empty environment for
+	 * a moment (its new memory is there, its environment not yet): a
+	 * task's child exec'ing as its run ends would escape.  So look
+	 * again, a few times over a couple of milliseconds; a process that
+	 * really has no environment costs only that. */
+	for (int tries = 0; tries < ENVIRON_TRIES; tries++) {
+		if (!read_environ(a, &env, &len))
+			break;
+		if (len > 0)
+			break;
+		nanosleep(&(struct timespec){ .tv_nsec = 100 * 1000 }, NULL);
+	}
 	for (size_t i = 0; i < len; ) {
 		const char *var = env + i;
 		size_t vlen = strnlen(var, len - i);
