@@ -485,7 +485,9 @@ thread_cpu_now(void)
  * code between tasks).  A task shorter than TIMING_READ_S is charged its
  * wall time: a thread's CPU time cannot exceed its wall time, and below
  * that the two differ only if the task was preempted.  Longer tasks read
- * the clock at their end, which also moves the anchor.
+ * the clock at their end, which also moves the anchor.  The worker uses
+ * the same with its process's clock (host_run_task_clocked); a thread
+ * keeps to one clock, since the anchor is the thread's.
  */
 #define TIMING_ANCHOR_S 100e-6  /* bounds the error if preempted between
 				   tasks; a read per 100 us costs < 1 % */
@@ -506,6 +508,13 @@ void
 host_run_task(const struct jr_plugin *pl, void *state, struct jr_task *t,
 	      struct task_result *r)
 {
+	host_run_task_clocked(pl, state, t, r, thread_cpu_now);
+}
+
+void
+host_run_task_clocked(const struct jr_plugin *pl, void *state, struct jr_task *t,
+		      struct task_result *r, double (*cpu_now)(void))
+{
 	double wall0, wall1, cpu0, cpu;
 	bool fresh = false;
 	int rc;
@@ -513,7 +522,7 @@ host_run_task(const struct jr_plugin *pl, void *state, struct jr_task *t,
 	clock_gettime(CLOCK_REALTIME, &r->started);
 	wall0 = mono_now();
 	if (!anchor.valid || wall0 - anchor.wall > TIMING_ANCHOR_S) {
-		cpu0 = thread_cpu_now();
+		cpu0 = cpu_now();
 		fresh = true;
 	} else {
 		cpu0 = anchor.cpu + (wall0 - anchor.wall);
@@ -522,7 +531,7 @@ host_run_task(const struct jr_plugin *pl, void *state, struct jr_task *t,
 	wall1 = mono_now();
 	r->wall_s = wall1 - wall0;
 	if (r->wall_s >= TIMING_READ_S) {
-		double now = thread_cpu_now();
+		double now = cpu_now();
 		cpu = now - cpu0;
 		anchor.cpu = now;
 		anchor.wall = wall1;
@@ -534,9 +543,12 @@ host_run_task(const struct jr_plugin *pl, void *state, struct jr_task *t,
 		}
 	}
 	anchor.valid = true;
-	/* One thread's CPU time fits in its wall time; the estimate of the
-	 * start may overshoot by the little the thread was not running. */
-	r->cpu_s = cpu < 0 ? 0 : cpu > r->wall_s ? r->wall_s : cpu;
+	/* The estimate of the start may overshoot by the little the thread
+	 * was not running.  One thread's CPU time fits in its wall time (a
+	 * process's, its children's included, need not). */
+	r->cpu_s = cpu < 0 ? 0 : cpu;
+	if (cpu_now == thread_cpu_now && r->cpu_s > r->wall_s)
+		r->cpu_s = r->wall_s;
 	if (rc < 0)
 		rc = -rc;
 

@@ -287,6 +287,11 @@ int host_plugin_init(const struct jr_plugin *pl, struct jr_job *hj, void **state
  * the thread executor and by the worker; R->pid/run/index are the caller's. */
 void host_run_task(const struct jr_plugin *pl, void *state, struct jr_task *t,
 		   struct task_result *r);
+/* The same, with CPU time read from CPU_NOW (seconds) instead of the
+ * calling thread's clock: the worker charges its whole process's. */
+void host_run_task_clocked(const struct jr_plugin *pl, void *state,
+			   struct jr_task *t, struct task_result *r,
+			   double (*cpu_now)(void));
 /* The calling thread is about to wait: its next task reads the CPU clock
  * afresh (see host_run_task on how CPU time is measured). */
 void host_timing_idle(void);

@@ -463,23 +463,6 @@ spool_result(const struct msg_result *m, double now)
 	atomic_store_explicit(&shm->spool_len, spool_used, memory_order_release);
 }
 
-/*
- * A task's CPU time is the whole process's (children included), and
- * reading it costs two system calls, more than a short task.  So, as
- * host.c does for threads, the worker keeps an anchor: the process's CPU
- * time and CLOCK_MONOTONIC read together.  A task that starts within
- * CPU_ANCHOR_S of the anchor, the worker having run all along (it did not
- * wait: cpu_mark_valid), dates its CPU start from it; a task shorter than
- * CPU_READ_S is charged its wall time (too short to fork and reap a
- * child, and a single-threaded process's CPU time cannot exceed its wall
- * time); longer ones read the clocks at their end, which moves the
- * anchor.
- */
-#define CPU_ANCHOR_S 100e-6
-#define CPU_READ_S 10e-6
-static bool cpu_mark_valid;
-static double cpu_mark, cpu_mark_wall;
-
 /* Run task ID; false when the daemon is gone. */
 static bool
 run_one(const struct jr_plugin *pl, void *state, uint64_t id, const char *input,
@@ -489,15 +472,11 @@ run_one(const struct jr_plugin *pl, void *state, uint64_t id, const char *input,
 	struct task_result r = { 0 };
 	struct msg_result mr;
 	uint64_t out0, start_ns;
-	double wall0, cpu0, cpu1, now;
-	bool fresh;
+	double now;
 	int avail = 0;
 	bool wrote;
 
 	start_ns = mono_ns();
-	wall0 = (double)start_ns / 1e9;
-	fresh = !cpu_mark_valid || wall0 - cpu_mark_wall > CPU_ANCHOR_S;
-	cpu0 = fresh ? process_cpu_now() : cpu_mark + (wall0 - cpu_mark_wall);
 	current_id = id;
 	current_cancelled = false;
 	current_running = true;
@@ -505,26 +484,14 @@ run_one(const struct jr_plugin *pl, void *state, uint64_t id, const char *input,
 	out0 = atomic_load_explicit(&shm->out_gen, memory_order_acquire);
 	host_task_init(&t, job_name, input, timeout_s);
 	t.cancel_check = worker_cancel_check;
-	host_run_task(pl, state, &t, &r);
+	/* A task's CPU time is the whole process's, children included (an
+	 * exec'd command's time belongs to the task), measured as host.c
+	 * measures a thread's: read only around tasks long enough to pay. */
+	host_run_task_clocked(pl, state, &t, &r, process_cpu_now);
 	set_running(0, 0);
 	current_running = false;
 	/* Its end, from host_run_task's clock readings: one less here. */
-	now = wall0 + r.wall_s;
-	if (now - wall0 >= CPU_READ_S) {
-		cpu1 = process_cpu_now();
-		/* An anchor dated across a preemption overstates cpu0. */
-		r.cpu_s = cpu1 > cpu0 ? cpu1 - cpu0 : 0;
-		cpu_mark = cpu1;
-		cpu_mark_wall = now;
-		cpu_mark_valid = true;
-	} else {
-		r.cpu_s = now - wall0;
-		if (fresh) {
-			cpu_mark = cpu0 + r.cpu_s;
-			cpu_mark_wall = now;
-			cpu_mark_valid = true;
-		}
-	}
+	now = (double)start_ns / 1e9 + r.wall_s;
 	/* Did it write to stdout or stderr?  Bytes in the pipe, or the
 	 * daemon read from it meanwhile (it bumps out_gen around each read;
 	 * looked at after the pipe, so a read in between is seen). */
@@ -558,7 +525,7 @@ run_one(const struct jr_plugin *pl, void *state, uint64_t id, const char *input,
 		bool acked = false;
 
 		send_results();
-		cpu_mark_valid = false;
+		host_timing_idle();
 		while (!acked)
 			if (!read_frames(id, &acked))
 				return false;
@@ -567,7 +534,7 @@ run_one(const struct jr_plugin *pl, void *state, uint64_t id, const char *input,
 		/* Also at the end of each batch: the daemon sends the next
 		 * one on seeing the results of the last. */
 		send_results();
-		cpu_mark_valid = false;
+		host_timing_idle();
 	}
 	return true;
 }
@@ -588,7 +555,7 @@ serve(const struct jr_plugin *pl, void *state)
 			continue;
 		}
 		send_results();
-		cpu_mark_valid = false;
+		host_timing_idle();
 		if (!read_frames(UINT64_MAX, &acked))
 			return;
 	}
