@@ -461,12 +461,13 @@ bench_sequential(struct bench *b)
 		/* A system call: not for every one of a million short tasks,
 		 * but often enough that ^C is heard within a tenth of a
 		 * second of task time. */
-		if ((i % 256 == 0 || since_check >= 0.1) && bench_signal_pending()) {
-			b->interrupted = true;
-			break;
-		}
-		if (i % 256 == 0 || since_check >= 0.1)
+		if (i % 256 == 0 || since_check >= 0.1) {
 			since_check = 0;
+			if (bench_signal_pending()) {
+				b->interrupted = true;
+				break;
+			}
+		}
 		if (rc != 0) {
 			tr.status = TASK_FAILED;
 			tr.error = xasprintf("plugin %s: init failed: %s",

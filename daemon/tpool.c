@@ -844,12 +844,7 @@ tpool_cancel_run(struct tpool *tp, const struct run *run)
 		struct task *t = taken;
 
 		taken = t->next;
-		t->next = NULL;
-		t->result.status = TASK_CANCELLED;
-		t->result.error = xstrdup("cancelled before it started");
-		clock_gettime(CLOCK_REALTIME, &t->result.started);
-		t->result.pid = tp->pid;
-		run_task_done(t);
+		finish_unrun(t, TASK_CANCELLED, "cancelled before it started", 0);
 	}
 }
 

@@ -22,166 +22,101 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* FIRST is the encoding of a frame that decoded: decode it and encode it
- * again; both encodings must be equal. */
-static void
-fuzz_roundtrip(uint8_t type, const struct pbuf *first)
+/* Decode a frame of TYPE (its payload P, LEN bytes) and, when it is
+ * valid, encode it again into OUT; false when it does not decode (or
+ * the type is unknown: the daemon and the worker refuse it). */
+static bool
+reencode(uint8_t type, const uint8_t *p, size_t len, struct pbuf *out)
 {
-	struct pbuf again = { 0 };
-	const uint8_t *payload;
-	uint32_t flen;
-	size_t len;
-
-	/* One whole frame: its length, then TYPE. */
-	if (first->len < 5)
-		abort();
-	payload = first->data + 5;
-	len = first->len - 5;
-	flen = (uint32_t)first->data[0] | (uint32_t)first->data[1] << 8 |
-	       (uint32_t)first->data[2] << 16 | (uint32_t)first->data[3] << 24;
-	if (flen != first->len - 4 || first->data[4] != type)
-		abort();
 	switch (type) {
 	case MSG_HELLO: {
 		struct msg_hello m;
-		if (proto_get_hello(payload, len, &m) == -1)
-			abort();
-		proto_put_hello(&again, &m);
+		if (proto_get_hello(p, len, &m) == -1)
+			return false;
+		proto_put_hello(out, &m);
 		proto_hello_free(&m);
-		break;
+		return true;
 	}
 	case MSG_READY: {
 		struct msg_ready m;
-		if (proto_get_ready(payload, len, &m) == -1)
-			abort();
-		proto_put_ready(&again, &m);
-		break;
+		if (proto_get_ready(p, len, &m) == -1)
+			return false;
+		proto_put_ready(out, &m);
+		return true;
 	}
 	case MSG_FAIL: {
 		struct msg_fail m;
-		if (proto_get_fail(payload, len, &m) == -1)
-			abort();
-		proto_put_fail(&again, &m);
+		if (proto_get_fail(p, len, &m) == -1)
+			return false;
+		proto_put_fail(out, &m);
 		proto_fail_free(&m);
-		break;
+		return true;
 	}
 	case MSG_TASKS: {
 		struct msg_tasks m;
-		if (proto_get_tasks(payload, len, &m) == -1)
-			abort();
-		proto_put_tasks(&again, &m);
+		if (proto_get_tasks(p, len, &m) == -1)
+			return false;
+		proto_put_tasks(out, &m);
 		proto_tasks_free(&m);
-		break;
+		return true;
 	}
 	case MSG_ACK: {
 		struct msg_ack m;
-		if (proto_get_ack(payload, len, &m) == -1)
-			abort();
-		proto_put_ack(&again, &m);
-		break;
+		if (proto_get_ack(p, len, &m) == -1)
+			return false;
+		proto_put_ack(out, &m);
+		return true;
 	}
 	case MSG_CANCEL: {
 		struct msg_cancel m;
-		if (proto_get_cancel(payload, len, &m) == -1)
-			abort();
-		proto_put_cancel(&again, &m);
-		break;
+		if (proto_get_cancel(p, len, &m) == -1)
+			return false;
+		proto_put_cancel(out, &m);
+		return true;
 	}
 	case MSG_RESULT: {
 		struct msg_result m;
-		if (proto_get_result(payload, len, &m) == -1)
-			abort();
-		if (proto_result_size(&m) != first->len)
-			abort();
-		proto_put_result(&again, &m);
-		break;
+		if (proto_get_result(p, len, &m) == -1)
+			return false;
+		proto_put_result(out, &m);
+		return true;
 	}
 	case MSG_LOG: {
 		struct msg_log m;
-		if (proto_get_log(payload, len, &m) == -1)
-			abort();
-		proto_put_log(&again, &m);
+		if (proto_get_log(p, len, &m) == -1)
+			return false;
+		proto_put_log(out, &m);
 		proto_log_free(&m);
-		break;
+		return true;
 	}
 	default:
-		abort();
+		return false;
 	}
-	if (again.len != first->len || memcmp(again.data, first->data, again.len) != 0)
-		abort();
-	pbuf_free(&again);
 }
 
-/* Decode one frame; when it is valid, check the round trip. */
+/* Decode one frame; when it is valid, its encoding must be one whole
+ * frame of TYPE that decodes again and encodes to the same bytes. */
 static void
 fuzz_frame(uint8_t type, const uint8_t *p, size_t len)
 {
-	struct pbuf b = { 0 };
-	bool ok = false;
+	struct pbuf first = { 0 }, again = { 0 };
+	uint32_t flen;
 
-	switch (type) {
-	case MSG_HELLO: {
-		struct msg_hello m;
-		if ((ok = proto_get_hello(p, len, &m) == 0)) {
-			proto_put_hello(&b, &m);
-			proto_hello_free(&m);
-		}
-		break;
+	if (!reencode(type, p, len, &first)) {
+		pbuf_free(&first);
+		return;
 	}
-	case MSG_READY: {
-		struct msg_ready m;
-		if ((ok = proto_get_ready(p, len, &m) == 0))
-			proto_put_ready(&b, &m);
-		break;
-	}
-	case MSG_FAIL: {
-		struct msg_fail m;
-		if ((ok = proto_get_fail(p, len, &m) == 0)) {
-			proto_put_fail(&b, &m);
-			proto_fail_free(&m);
-		}
-		break;
-	}
-	case MSG_TASKS: {
-		struct msg_tasks m;
-		if ((ok = proto_get_tasks(p, len, &m) == 0)) {
-			proto_put_tasks(&b, &m);
-			proto_tasks_free(&m);
-		}
-		break;
-	}
-	case MSG_ACK: {
-		struct msg_ack m;
-		if ((ok = proto_get_ack(p, len, &m) == 0))
-			proto_put_ack(&b, &m);
-		break;
-	}
-	case MSG_CANCEL: {
-		struct msg_cancel m;
-		if ((ok = proto_get_cancel(p, len, &m) == 0))
-			proto_put_cancel(&b, &m);
-		break;
-	}
-	case MSG_RESULT: {
-		struct msg_result m;
-		if ((ok = proto_get_result(p, len, &m) == 0))
-			proto_put_result(&b, &m);
-		break;
-	}
-	case MSG_LOG: {
-		struct msg_log m;
-		if ((ok = proto_get_log(p, len, &m) == 0)) {
-			proto_put_log(&b, &m);
-			proto_log_free(&m);
-		}
-		break;
-	}
-	default:
-		return;         /* the daemon and the worker refuse it */
-	}
-	if (ok)
-		fuzz_roundtrip(type, &b);
-	pbuf_free(&b);
+	if (first.len < 5)
+		abort();
+	flen = (uint32_t)first.data[0] | (uint32_t)first.data[1] << 8 |
+	       (uint32_t)first.data[2] << 16 | (uint32_t)first.data[3] << 24;
+	if (flen != first.len - 4 || first.data[4] != type)
+		abort();
+	if (!reencode(type, first.data + 5, first.len - 5, &again) ||
+	    again.len != first.len || memcmp(again.data, first.data, again.len) != 0)
+		abort();
+	pbuf_free(&first);
+	pbuf_free(&again);
 }
 
 int
