@@ -1,13 +1,18 @@
 /*
  * tpool.c - the thread executor: a pool of pthreads per thread-mode job.
  *
- * The main thread puts tasks on the pool's shared queue.  A worker thread
- * claims a chunk of them at a time: one task when few are queued, up to
- * CHUNK_MAX when many are (its share of what is queued, so the tail still
- * spreads over every thread).  A claimed chunk stays visible in the
- * thread's own list until each task starts, and an idle thread steals the
- * back half of another thread's list: so a slow task never holds up the
- * tasks claimed behind it while a thread is free to run them.
+ * The main thread puts tasks on the pool's shared queue, as spans:
+ * consecutive tasks of one run's array, the way run.c submits them.  A
+ * worker thread claims a chunk of them at a time: one task when few are
+ * queued, up to CHUNK_MAX when many are (its share of what is queued, so
+ * the tail still spreads over every thread).  Claiming a chunk moves two
+ * numbers and touches no task: a task's record is written by the main
+ * thread on another core, and walking a list through the records, under
+ * the queue's lock, cost more than the tasks.  A claimed chunk stays
+ * visible as the thread's own range until each task starts, and an idle
+ * thread steals the back half of another thread's range: so a slow task
+ * never holds up the tasks claimed behind it while a thread is free to
+ * run them.
  *
  * Finished tasks gather on the thread and move to one completion list
  * shared by all pools when the thread runs out of claimed work, when
@@ -54,10 +59,17 @@
 #include "jobrund.h"
 
 #define CHUNK_MAX 64            /* tasks a thread claims at once */
-#define DONE_BATCH 64           /* finished tasks a thread holds back */
+#define DONE_BATCH 256          /* finished tasks a thread holds back */
 #define DONE_DELAY_S 1e-3       /* ... and for how much task time */
 #define SWEEP_S 5e-3            /* the main thread takes held results */
 #define SWEEP_MAX_S 1.0
+
+/* Queued tasks: N consecutive elements of one run's array. */
+struct span {
+	struct task *first;
+	size_t n;
+	struct span *next;
+};
 
 /* A list of finished tasks, held by the thread that finished them. */
 struct done_list {
@@ -72,8 +84,8 @@ struct tthread {
 	pthread_t th;
 	pid_t tid;                      /* set by the thread as it starts */
 	pthread_mutex_t lock;           /* guards the rest but `cancel` */
-	struct task *mine, *mine_tail;  /* claimed, not started: stealable */
-	size_t nmine;
+	struct task *mine;              /* claimed, not started: stealable; */
+	size_t nmine;                   /* consecutive tasks of one run */
 	struct done_list held;          /* finished, not yet published */
 	bool busy;
 	uint64_t run;
@@ -96,8 +108,8 @@ struct tpool {
 	pthread_mutex_t lock;           /* guards queue, nqueued, stopping,
 					   nstarted, nrunning, nidle, stuck */
 	pthread_cond_t cond;
-	struct task *head, *tail;
-	size_t nqueued;
+	struct span *head, *tail;       /* the queue */
+	size_t nqueued;                 /* tasks in it */
 	int nstarted;                   /* threads created */
 	int nrunning;                   /* threads still alive */
 	int nidle;                      /* threads waiting for work */
@@ -214,10 +226,9 @@ begin_next(struct tthread *self)
 {
 	struct task *t = self->mine;
 
-	self->mine = t->next;
-	if (self->mine == NULL)
-		self->mine_tail = NULL;
-	self->nmine--;
+	self->mine = --self->nmine > 0 ? t + 1 : NULL;
+	if (self->mine)
+		__builtin_prefetch(self->mine);
 	t->next = NULL;
 	self->busy = true;
 	self->run = t->result.run;
@@ -233,25 +244,31 @@ begin_next(struct tthread *self)
 	return t;
 }
 
-/* Move up to N tasks from the pool's queue to SELF's list (both locks
- * held). */
+/* Claim up to N tasks from the front of the pool's queue: SELF's range
+ * is empty (both locks held). */
 static void
 claim(struct tpool *tp, struct tthread *self, size_t n)
 {
-	while (n-- > 0 && tp->head) {
-		struct task *t = tp->head;
+	struct span *sp = tp->head;
 
-		tp->head = t->next;
-		tp->nqueued--;
-		list_append(&self->mine, &self->mine_tail, t);
-		self->nmine++;
+	if (n > sp->n)
+		n = sp->n;
+	self->mine = sp->first;
+	self->nmine = n;
+	sp->first += n;
+	sp->n -= n;
+	tp->nqueued -= n;
+	if (sp->n == 0) {
+		tp->head = sp->next;
+		if (tp->head == NULL)
+			tp->tail = NULL;
+		free(sp);
 	}
-	if (tp->head == NULL)
-		tp->tail = NULL;
 }
 
-/* Take the back half of the longest claimed list of another thread of
- * the pool (tp->lock held).  True if SELF got something. */
+/* Take the back half of the longest claimed range of another thread of
+ * the pool (tp->lock held; SELF's range is empty).  True if SELF got
+ * something. */
 static bool
 steal(struct tpool *tp, struct tthread *self)
 {
@@ -277,32 +294,20 @@ steal(struct tpool *tp, struct tthread *self)
 	pthread_mutex_lock(&victim->lock);
 	/* Its count may have dropped since: take what is there now. */
 	size_t keep = victim->nmine / 2, taken = victim->nmine - keep;
-	struct task *t = victim->mine, *first;
+	struct task *first = victim->mine + keep;
 
 	if (taken == 0) {
 		pthread_mutex_unlock(&victim->lock);
 		return false;
 	}
-	if (keep == 0) {
-		first = victim->mine;
-		victim->mine = victim->mine_tail = NULL;
-	} else {
-		for (size_t i = 1; i < keep; i++)
-			t = t->next;
-		first = t->next;
-		t->next = NULL;
-		victim->mine_tail = t;
-	}
 	victim->nmine = keep;
+	if (keep == 0)
+		victim->mine = NULL;
 	pthread_mutex_unlock(&victim->lock);
 
 	pthread_mutex_lock(&self->lock);
-	for (t = first; t; ) {
-		struct task *next = t->next;
-		list_append(&self->mine, &self->mine_tail, t);
-		self->nmine++;
-		t = next;
-	}
+	self->mine = first;
+	self->nmine = taken;
 	pthread_mutex_unlock(&self->lock);
 	return true;
 }
@@ -369,13 +374,14 @@ thread_main(void *arg)
 	pthread_mutex_lock(&self->lock);
 	self->tid = gettid();
 	pthread_mutex_unlock(&self->lock);
+	struct task *t = NULL;
+
 	for (;;) {
-		struct task *t;
 		struct task_result res;
 		struct jr_task jt;
 		bool abandoned;
 
-		if ((t = next_task(self)) == NULL)
+		if (t == NULL && (t = next_task(self)) == NULL)
 			break;
 
 		memset(&res, 0, sizeof res);
@@ -415,6 +421,9 @@ thread_main(void *arg)
 				dl = take_held(self);
 		}
 		self->task = NULL;
+		/* The next claimed task, in the same hold of the lock: one
+		 * lock per task, not two. */
+		t = !abandoned && self->mine ? begin_next(self) : NULL;
 		pthread_mutex_unlock(&self->lock);
 
 		if (abandoned) {
@@ -486,7 +495,7 @@ sweep(void *arg)
 
 			pthread_mutex_lock(&th->lock);
 			dl = take_held(th);
-			working |= th->busy || th->mine != NULL;
+			working |= th->busy || th->nmine > 0;
 			pthread_mutex_unlock(&th->lock);
 			if (dl.head == NULL)
 				continue;
@@ -646,8 +655,44 @@ finish_unrun(struct task *t, enum task_status st, const char *why, double ran_s)
 	run_task_done(t);
 }
 
+/* Put TH's claimed range on the span list *LIST (TH->lock held). */
+static void
+take_mine(struct tthread *th, struct span **list)
+{
+	struct span *sp;
+
+	if (th->nmine == 0)
+		return;
+	sp = xmalloc(sizeof *sp);
+	sp->first = th->mine;
+	sp->n = th->nmine;
+	sp->next = *list;
+	*list = sp;
+	th->mine = NULL;
+	th->nmine = 0;
+}
+
+/* Finish every task of the spans in LIST unrun, and free the list. */
+static void
+finish_spans(struct span *list, enum task_status st, const char *why)
+{
+	while (list) {
+		struct span *sp = list;
+		struct task *first = sp->first;
+		size_t n = sp->n;
+
+		list = sp->next;
+		free(sp);
+		/* The last task of a run may end it and free its array: no
+		 * task of the span is looked at after its own finish. */
+		for (size_t i = 0; i < n; i++)
+			finish_unrun(&first[i], st, why, 0);
+	}
+}
+
 static void stuck_watch(void *arg);
 
+/* TASKS: consecutive tasks of one run (see struct span). */
 void
 tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n)
 {
@@ -655,16 +700,26 @@ tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n)
 
 	if (n == 0)
 		return;
+	struct span *sp = xmalloc(sizeof *sp);
+
+	sp->first = tasks;
+	sp->n = n;
+	sp->next = NULL;
 	pthread_mutex_lock(&tp->lock);
 	stuck = tp->stuck;
 	if (stuck == 0) {
-		for (size_t i = 0; i < n; i++)
-			list_append(&tp->head, &tp->tail, &tasks[i]);
+		if (tp->tail)
+			tp->tail->next = sp;
+		else
+			tp->head = sp;
+		tp->tail = sp;
 		tp->nqueued += n;
+		sp = NULL;
 		start_threads(tp);
 		if (tp->nstarted == 0) {
 			/* No thread to run them: they fail below.  Only
 			 * these can be queued (earlier ones failed too). */
+			free(tp->head);
 			tp->head = tp->tail = NULL;
 			tp->nqueued = 0;
 		} else if (n == 1) {
@@ -675,6 +730,7 @@ tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n)
 	}
 	started = tp->nstarted;
 	pthread_mutex_unlock(&tp->lock);
+	free(sp);                       /* not queued */
 	if (stuck == 0 && started == 0) {
 		for (size_t i = 0; i < n; i++)
 			finish_unrun(&tasks[i], TASK_FAILED, "not run: cannot start "
@@ -716,7 +772,8 @@ static void
 stuck_watch(void *arg)
 {
 	struct tpool *tp = arg;
-	struct task *given_up[64], *queued = NULL, *queued_tail = NULL;
+	struct task *given_up[64];
+	struct span *queued = NULL;
 	double ran[64];
 	size_t ngiven = 0;
 	bool idle = true;
@@ -727,7 +784,7 @@ stuck_watch(void *arg)
 		struct tthread *th = &tp->threads[i];
 
 		pthread_mutex_lock(&th->lock);
-		if (th->busy || th->mine)
+		if (th->busy || th->nmine > 0)
 			idle = false;
 		if (th->busy && !th->abandoned && th->task != NULL &&
 		    now - th->started >= limit && ngiven < 64) {
@@ -744,22 +801,13 @@ stuck_watch(void *arg)
 		/* Nothing more of this job runs while a thread is stuck:
 		 * what is queued or claimed is skipped. */
 		queued = tp->head;
-		queued_tail = tp->tail;
 		tp->head = tp->tail = NULL;
 		tp->nqueued = 0;
 		for (int i = 0; i < tp->nstarted; i++) {
 			struct tthread *th = &tp->threads[i];
 
 			pthread_mutex_lock(&th->lock);
-			if (th->mine) {
-				if (queued_tail)
-					queued_tail->next = th->mine;
-				else
-					queued = th->mine;
-				queued_tail = th->mine_tail;
-				th->mine = th->mine_tail = NULL;
-				th->nmine = 0;
-			}
+			take_mine(th, &queued);
 			pthread_mutex_unlock(&th->lock);
 		}
 	}
@@ -777,75 +825,47 @@ stuck_watch(void *arg)
 		finish_unrun(given_up[i], TASK_TIMEOUT, why, ran[i]);
 		free(why);
 	}
-	while (queued) {
-		struct task *t = queued;
-		queued = t->next;
-		finish_unrun(t, TASK_SKIPPED, "not run: a thread of this job is stuck "
-			     "in the plugin (thread mode cannot kill a thread)", 0);
-	}
+	finish_spans(queued, TASK_SKIPPED, "not run: a thread of this job is "
+		     "stuck in the plugin (thread mode cannot kill a thread)");
 	if (idle && ngiven == 0) {
 		loop_timer_remove(tp->watch);
 		tp->watch = NULL;
 	}
 }
 
-/* Move the tasks of RUN from the list at *HEAD to *OUT; how many. */
-static size_t
-list_take_run(struct task **head, struct task **tail, const struct run *run,
-	      struct task **out)
-{
-	struct task *prev = NULL, *q = *head;
-	size_t n = 0;
-
-	while (q) {
-		struct task *next = q->next;
-
-		if (q->run != run) {
-			prev = q;
-		} else {
-			if (prev)
-				prev->next = next;
-			else
-				*head = next;
-			if (*tail == q)
-				*tail = prev;
-			q->next = *out;
-			*out = q;
-			n++;
-		}
-		q = next;
-	}
-	return n;
-}
-
 void
 tpool_cancel_run(struct tpool *tp, const struct run *run)
 {
-	struct task *taken = NULL;
+	struct span *taken = NULL, **pp = &tp->head, *sp;
 
-	/* One pass over the queue and the claimed lists, whatever the size
+	/* One pass over the queue and the claimed ranges, whatever the size
 	 * of the run: cancelling task by task would walk the queue once per
-	 * task, with the main loop held all along. */
+	 * task, with the main loop held all along.  A span is of one run. */
 	pthread_mutex_lock(&tp->lock);
-	tp->nqueued -= list_take_run(&tp->head, &tp->tail, run, &taken);
+	tp->tail = NULL;
+	while ((sp = *pp) != NULL) {
+		if (sp->first->run == run) {
+			*pp = sp->next;
+			tp->nqueued -= sp->n;
+			sp->next = taken;
+			taken = sp;
+		} else {
+			tp->tail = sp;
+			pp = &sp->next;
+		}
+	}
 	for (int i = 0; i < tp->nstarted; i++) {
 		struct tthread *th = &tp->threads[i];
 
 		pthread_mutex_lock(&th->lock);
-		th->nmine -= list_take_run(&th->mine, &th->mine_tail, run, &taken);
+		if (th->nmine > 0 && th->mine->run == run)
+			take_mine(th, &taken);
 		if (th->task != NULL && th->task->run == run)
 			atomic_store(&th->cancel, 1);
 		pthread_mutex_unlock(&th->lock);
 	}
 	pthread_mutex_unlock(&tp->lock);
-	/* The last of these may end the run: nothing of it is looked at
-	 * after. */
-	while (taken) {
-		struct task *t = taken;
-
-		taken = t->next;
-		finish_unrun(t, TASK_CANCELLED, "cancelled before it started", 0);
-	}
+	finish_spans(taken, TASK_CANCELLED, "cancelled before it started");
 }
 
 static void
