@@ -496,7 +496,31 @@ thread_cpu_now(void)
 static _Thread_local struct {
 	double cpu, wall;
 	bool valid;
+	/* CLOCK_REALTIME - CLOCK_MONOTONIC in ns, read at real_at (mono) */
+	int64_t real_minus_mono;
+	double real_at;
 } anchor;
+
+/* A task's start on CLOCK_REALTIME, for its result.  The clock is read
+ * at most every TIMING_ANCHOR_S; in between, the start is the monotonic
+ * one plus the offset last read, so a step of the system clock shows in
+ * tasks' start times at most that late. */
+static void
+task_started_at(double wall, struct timespec *ts)
+{
+	int64_t ns;
+
+	if (!anchor.valid || wall - anchor.real_at > TIMING_ANCHOR_S) {
+		clock_gettime(CLOCK_REALTIME, ts);
+		anchor.real_minus_mono = (int64_t)ts->tv_sec * 1000000000 +
+		    ts->tv_nsec - (int64_t)(wall * 1e9);
+		anchor.real_at = wall;
+		return;
+	}
+	ns = (int64_t)(wall * 1e9) + anchor.real_minus_mono;
+	ts->tv_sec = (time_t)(ns / 1000000000);
+	ts->tv_nsec = (long)(ns % 1000000000);
+}
 
 void
 host_timing_idle(void)
@@ -519,8 +543,8 @@ host_run_task_clocked(const struct jr_plugin *pl, void *state, struct jr_task *t
 	bool fresh = false;
 	int rc;
 
-	clock_gettime(CLOCK_REALTIME, &r->started);
 	wall0 = mono_now();
+	task_started_at(wall0, &r->started);
 	if (!anchor.valid || wall0 - anchor.wall > TIMING_ANCHOR_S) {
 		cpu0 = cpu_now();
 		fresh = true;
