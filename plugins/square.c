@@ -7,31 +7,41 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "jobrund/plugin.h"
 #include "decimal.h"
 
-/* Parse a whole decimal int64: optional sign, digits, nothing else. */
+/* Parse a whole decimal int64: optional sign, digits, nothing else.  By
+ * hand: strtoll's locale and base handling cost as much as the square. */
 static int
 parse_int64(const char *s, int64_t *v)
 {
 	const char *p = s;
-	char *end;
-	long long x;
+	bool neg = false;
+	uint64_t x = 0;
 
 	if (*p == '+' || *p == '-')
-		p++;
+		neg = *p++ == '-';
 	if (*p < '0' || *p > '9')
 		return EINVAL;
-	errno = 0;
-	x = strtoll(s, &end, 10);
-	if (*end != '\0')
+	/* |INT64_MIN| = INT64_MAX + 1 */
+	uint64_t max = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+	bool over = false;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		unsigned d = (unsigned)(*p - '0');
+		if (x > (max - d) / 10)
+			over = true;    /* keep reading: junk after is EINVAL */
+		else
+			x = x * 10 + d;
+	}
+	if (*p != '\0')
 		return EINVAL;
-	if (errno == ERANGE)
+	if (over)
 		return ERANGE;
-	*v = x;
+	*v = neg ? (int64_t)(0 - x) : (int64_t)x;
 	return 0;
 }
 

@@ -18,16 +18,25 @@ def outcomes(res, job):
 
 
 def test_square_range(tap, env):
-    cfg = env.config(both("sq", "square", ["-3", "9223372036854775807L",
-                                           '"9223372036854775808"', '"1.5"', '""']))
+    good = ["-3", "9223372036854775807L", '"-9223372036854775808"',
+            '"+0012"', '"-0"']
+    bad = ['"9223372036854775808"', '"-9223372036854775809"',
+           '"99999999999999999999x"', '"1.5"', '""', '"-"', '" 5"', '"5 "',
+           '"0x10"']
+    cfg = env.config(both("sq", "square", good + bad))
     rc, res, err = once(cfg)
     tap.eq(rc, 3, "bad square inputs fail the run")
     for mode in ("thread", "process"):
         got = outcomes(res, "sq_" + mode)
-        tap.eq(got[:2], [("ok", "9"), ("ok", str(9223372036854775807 ** 2))],
-               "square %s: negative and int64-max are exact" % mode)
-        tap.eq([s for s, o in got[2:]], ["failed"] * 3,
-               "square %s: overflow, fractions and empty input fail" % mode)
+        tap.eq(got[:len(good)],
+               [("ok", "9"), ("ok", str(9223372036854775807 ** 2)),
+                ("ok", str(9223372036854775808 ** 2)), ("ok", "144"),
+                ("ok", "0")],
+               "square %s: negative, int64 min and max, sign and zeros are exact"
+               % mode)
+        tap.eq([s for s, o in got[len(good):]], ["failed"] * len(bad),
+               "square %s: overflow either way, junk, fractions, spaces, hex "
+               "and empty input fail" % mode)
 
 
 def test_cpu_range(tap, env):
