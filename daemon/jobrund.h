@@ -130,8 +130,8 @@ struct task_result {
 	const char *job;                /* not owned: the job's name */
 	uint64_t run;
 	size_t index;
-	int attempt;                    /* 1-based: 2 and up after retries */
 	const char *input;              /* not owned; NULL: no input */
+	int attempt;                    /* 1-based: 2 and up after retries */
 	enum task_status status;
 	char *output;                   /* owned; NUL-terminated */
 	size_t output_len;
@@ -141,10 +141,10 @@ struct task_result {
 					   owned; NULL when nothing */
 	size_t worker_output_len;
 	size_t worker_output_dropped;   /* bytes past the job's output_limit */
-	enum job_mode mode;
-	pid_t pid;
 	struct timespec started;        /* CLOCK_REALTIME */
 	double wall_s, cpu_s;
+	enum job_mode mode;
+	pid_t pid;
 	int signal;                     /* TASK_CRASHED / TASK_KILLED: 0 if none */
 	int exit_code;                  /* TASK_CRASHED: -1 if none */
 	bool core_dumped;
@@ -531,16 +531,13 @@ struct jobrt;
 
 /* One task of a run: shared between run.c and the executors. */
 struct task {
+	struct task_result result;      /* index, input, attempt: there */
 	struct run *run;
-	size_t index;
-	const char *input;              /* the run's copy; NULL: no input */
-	struct task_result result;
-	int cancel;                     /* atomic: set by the main thread */
-	bool done;
-	int attempt;                    /* 1-based; see run.c on retries */
-	struct loop_timer *retry_timer; /* waiting to be tried again */
 	struct task *next;              /* executor queues */
 	void *exec_priv;                /* executor's own (the worker serving it) */
+	struct loop_timer *retry_timer; /* waiting to be tried again */
+	int cancel;                     /* atomic: set by the main thread */
+	bool done;
 };
 
 /* A run as the daemon records it (history.c).  TASKS (ntasks of them, in

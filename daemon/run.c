@@ -352,14 +352,11 @@ run_start_ex(struct jobrt *rt, const char *trigger, const struct run_observer *o
 		for (size_t i = from; i < to; i++) {
 			struct task *t = &tasks[i];
 			t->run = run;
-			t->index = i;
-			t->input = def->has_inputs ? def->inputs[i] : NULL;
-			t->attempt = 1;
 			t->result.job = def->name;
 			t->result.run = id;
 			t->result.index = i;
 			t->result.attempt = 1;
-			t->result.input = t->input;
+			t->result.input = def->has_inputs ? def->inputs[i] : NULL;
 			t->result.mode = def->mode;
 			t->result.exit_code = -1;
 		}
@@ -433,7 +430,7 @@ task_retry_due(struct task *t)
 	}
 	/* A thread-mode job with a thread stuck in the plugin runs nothing
 	 * more: a retry would only turn this timeout into `skipped`. */
-	return t->attempt <= run->rt->def->retries && !run->cancelled &&
+	return t->result.attempt <= run->rt->def->retries && !run->cancelled &&
 	    !atomic_load((_Atomic int *)&t->cancel) &&
 	    !(run->rt->tpool != NULL && tpool_stuck(run->rt->tpool));
 }
@@ -467,7 +464,7 @@ retry_fire(void *arg)
 	r->signal = 0;
 	r->exit_code = -1;
 	r->core_dumped = false;
-	r->attempt = ++t->attempt;
+	r->attempt++;
 	t->next = NULL;
 	t->exec_priv = NULL;
 	atomic_store((_Atomic int *)&t->cancel, 0);
@@ -478,11 +475,11 @@ static void
 retry_schedule(struct task *t)
 {
 	const struct job_def *def = t->run->rt->def;
-	double delay = retry_delay(def, t->attempt);
+	double delay = retry_delay(def, t->result.attempt);
 
 	if (log_enabled(LOG_NOTICE)) {
 		char *line = result_summary(&t->result);
-		log_msg(LOG_NOTICE, "%s: retry %d of %d in %.3gs", line, t->attempt,
+		log_msg(LOG_NOTICE, "%s: retry %d of %d in %.3gs", line, t->result.attempt,
 			def->retries, delay);
 		free(line);
 	}
@@ -502,7 +499,7 @@ run_task_done(struct task *t)
 		/* An executor bug would lose or duplicate results: refuse
 		 * loudly rather than count a task twice. */
 		log_msg(LOG_ERR, "job %s: run %" PRIu64 " task %zu completed twice (ignored)",
-			run->rt->def->name, run->id, t->index);
+			run->rt->def->name, run->id, t->result.index);
 		return;
 	}
 	if (t->retry_timer == NULL && task_retry_due(t)) {
@@ -546,7 +543,7 @@ jobrt_cancel(struct jobrt *rt, bool now)
 				/* Waiting for a retry: its last attempt counts. */
 				log_msg(LOG_NOTICE, "job %s: run %" PRIu64 " task %zu: "
 					"retry cancelled", rt->def->name, run->id,
-					t->index);
+					t->result.index);
 				loop_timer_remove(t->retry_timer);
 				t->retry_timer = NULL;
 				run_task_done(t);

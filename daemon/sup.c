@@ -695,7 +695,7 @@ task_timed_out(struct worker *w, uint64_t id)
 	w->timed_out = true;
 	w->cancelled = false;
 	log_msg(LOG_NOTICE, "job %s: task %zu timed out after %gs", sp->def->name,
-		t->index, sp->def->timeout_s);
+		t->result.index, sp->def->timeout_s);
 	if (w->escalation >= 1)
 		return;         /* already being stopped: let that go on */
 	/* Straight to SIGTERM: the plugin saw the same deadline through
@@ -817,7 +817,7 @@ send_batch(struct worker *w, uint32_t n)
 		 * few places on before they are needed (a hint only, harmless
 		 * when they lie elsewhere). */
 		__builtin_prefetch((const void *)((uintptr_t)t + 16 * sizeof *t), 1);
-		proto_tasks_add(&w->conn.out, t->input);
+		proto_tasks_add(&w->conn.out, t->result.input);
 		ring_push(w, t, w->next_id + i);
 		t->exec_priv = w;
 		t->result.pid = w->pid;
@@ -892,7 +892,7 @@ give_output(struct worker *w, struct task *t)
 	if (w->pend_dropped)
 		log_msg(LOG_NOTICE, "job %s: worker %d: task %zu wrote more than "
 			"output_limit (%zu bytes): kept the first %zu",
-			w->pool->def->name, (int)w->pid, t->index,
+			w->pool->def->name, (int)w->pid, t->result.index,
 			w->pool->def->output_limit, w->pend_len);
 	w->pend = NULL;
 	w->pend_len = w->pend_dropped = 0;
@@ -1913,7 +1913,7 @@ end_running_task(struct worker *w, struct task *t, const siginfo_t *si,
 	}
 	give_output(w, t);
 	log_msg(LOG_NOTICE, "job %s: worker %d %s during task %zu",
-		sp->def->name, (int)w->pid, how, t->index);
+		sp->def->name, (int)w->pid, how, t->result.index);
 }
 
 static void
@@ -2381,7 +2381,7 @@ sup_foreach_worker(struct sup_pool *sp,
 				t = ring_find(w, id);
 			wi.busy = true;
 			wi.run = t->result.run;
-			wi.index = t->index;
+			wi.index = t->result.index;
 		}
 		wi.tasks_done = w->tasks_done;
 		cb(&wi, arg);

@@ -59,6 +59,7 @@
 #include "jobrund.h"
 
 #define CHUNK_MAX 64            /* tasks a thread claims at once */
+#define PREFETCH_AHEAD 4
 #define DONE_BATCH 256          /* finished tasks a thread holds back */
 #define DONE_DELAY_S 1e-3       /* ... and for how much task time */
 #define SWEEP_S 5e-3            /* the main thread takes held results */
@@ -227,14 +228,17 @@ begin_next(struct tthread *self)
 	struct task *t = self->mine;
 
 	self->mine = --self->nmine > 0 ? t + 1 : NULL;
-	if (self->mine)
-		__builtin_prefetch(self->mine);
+	if (self->nmine > PREFETCH_AHEAD) {
+		const char *p = (const char *)(t + 1 + PREFETCH_AHEAD);
+		for (size_t off = 0; off < sizeof *t; off += 64)
+			__builtin_prefetch(p + off, 1);
+	}
 	t->next = NULL;
 	self->busy = true;
 	self->run = t->result.run;
-	self->index = t->index;
+	self->index = t->result.index;
 	self->task = t;
-	self->input = t->input;         /* read under the lock: T may be
+	self->input = t->result.input;        /* read under the lock: T may be
 					   abandoned (and freed) later */
 	/* Only the stuck-thread watch (jobs with a timeout) looks at it. */
 	self->started = self->tp->def->timeout_s > 0 ? mono_now() : 0;
@@ -821,7 +825,7 @@ stuck_watch(void *arg)
 				      "cannot kill it; use mode = \"process\")",
 				      tp->def->timeout_s, tp->def->kill_grace_s);
 		log_msg(LOG_ERR, "job %s: run %" PRIu64 " task %zu: %s", tp->def->name,
-			given_up[i]->result.run, given_up[i]->index, why);
+			given_up[i]->result.run, given_up[i]->result.index, why);
 		finish_unrun(given_up[i], TASK_TIMEOUT, why, ran[i]);
 		free(why);
 	}
