@@ -642,7 +642,8 @@ void tpool_shutdown(void);
 struct tpool *tpool_new(struct job_def *def, const struct jr_config *cfg,
 			char *err, size_t errlen);
 void tpool_submit(struct tpool *tp, struct task *task);
-/* Queue the N tasks of the array TASKS at once (one lock, one wake-up). */
+/* Queue the N tasks of the array TASKS at once (one lock, one wake-up):
+ * consecutive tasks of ONE run (a cancel takes a queued span whole). */
 void tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n);
 /* Cancel every task of RUN the pool has not finished: queued and claimed
  * ones end `cancelled` now, running ones are asked to stop (their flags

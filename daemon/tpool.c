@@ -3,9 +3,10 @@
  *
  * The main thread puts tasks on the pool's shared queue, as spans:
  * consecutive tasks of one run's array, the way run.c submits them.  A
- * worker thread claims a chunk of them at a time: one task when few are
- * queued, up to CHUNK_MAX when many are (its share of what is queued, so
- * the tail still spreads over every thread).  Claiming a chunk moves two
+ * worker thread claims a chunk of them at a time, from the span at the
+ * head of the queue: one task when few are queued, up to CHUNK_MAX when
+ * many are (its share of what is queued, so the tail still spreads over
+ * every thread).  Claiming a chunk moves two
  * numbers and touches no task: a task's record is written by the main
  * thread on another core, and walking a list through the records, under
  * the queue's lock, cost more than the tasks.  A claimed chunk stays
@@ -40,7 +41,7 @@
  * promises is fine).
  *
  * Locks: a pool's lock (queue, thread count, stopping) is taken before a
- * thread's lock (its claimed list and what it runs), never after; the
+ * thread's lock (its claimed range and what it runs), never after; the
  * completion lock is taken alone.
  */
 #include "config.h"
@@ -173,7 +174,7 @@ give_result(struct task *t, struct task_result *res)
 	res->output = res->error = NULL;
 }
 
-/* --- a thread's claimed tasks ----------------------------------------- */
+/* --- a thread's finished and claimed tasks ---------------------------- */
 
 static void
 list_append(struct task **head, struct task **tail, struct task *t)
@@ -316,55 +317,60 @@ steal(struct tpool *tp, struct tthread *self)
 	return true;
 }
 
-/* The next task for SELF, claiming or stealing more when its list is
- * empty and waiting when there is nothing at all; NULL when the pool is
- * stopping and nothing is left.  Finished tasks are published before the
- * thread waits. */
+/* The next task for SELF, whose claimed range is empty: claiming or
+ * stealing more, waiting when there is nothing at all; NULL when the pool
+ * is stopping and nothing is left.  Finished tasks are published first. */
 static struct task *
 next_task(struct tthread *self)
 {
 	struct tpool *tp = self->tp;
 	struct task *t = NULL;
-	struct done_list dl = { 0 };
+	struct done_list dl;
 
 	pthread_mutex_lock(&self->lock);
-	if (self->mine)
-		t = begin_next(self);
-	else
-		dl = take_held(self);
+	dl = take_held(self);
 	pthread_mutex_unlock(&self->lock);
-	if (t)
-		return t;
 	publish(&dl);
 
-	pthread_mutex_lock(&tp->lock);
-	for (;;) {
-		if (tp->head) {
-			size_t n = tp->nqueued / (2 * (size_t)tp->nthreads);
+	while (t == NULL) {
+		bool got = false;
 
-			n = n < 1 ? 1 : n > CHUNK_MAX ? CHUNK_MAX : n;
-			pthread_mutex_lock(&self->lock);
-			claim(tp, self, n);
-			t = begin_next(self);
-			pthread_mutex_unlock(&self->lock);
-			break;
+		pthread_mutex_lock(&tp->lock);
+		for (;;) {
+			if (tp->head) {
+				size_t n = tp->nqueued / (2 * (size_t)tp->nthreads);
+
+				n = n < 1 ? 1 : n > CHUNK_MAX ? CHUNK_MAX : n;
+				pthread_mutex_lock(&self->lock);
+				claim(tp, self, n);
+				pthread_mutex_unlock(&self->lock);
+				got = true;
+				break;
+			}
+			if (!tp->stopping && steal(tp, self)) {
+				got = true;
+				break;
+			}
+			if (tp->stopping)
+				break;
+			host_timing_idle();
+			tp->nidle++;
+			pthread_cond_wait(&tp->cond, &tp->lock);
+			tp->nidle--;
 		}
-		if (!tp->stopping && steal(tp, self)) {
-			pthread_mutex_lock(&self->lock);
+		if (!got)
+			tp->nrunning--;
+		pthread_mutex_unlock(&tp->lock);
+		if (!got)
+			return NULL;
+		/* Outside the pool's lock: the first record of the range is
+		 * a cache miss.  Another thread may have stolen the range,
+		 * or the stuck watch taken it, meanwhile. */
+		pthread_mutex_lock(&self->lock);
+		if (self->nmine > 0)
 			t = begin_next(self);
-			pthread_mutex_unlock(&self->lock);
-			break;
-		}
-		if (tp->stopping)
-			break;
-		host_timing_idle();
-		tp->nidle++;
-		pthread_cond_wait(&tp->cond, &tp->lock);
-		tp->nidle--;
+		pthread_mutex_unlock(&self->lock);
 	}
-	if (t == NULL)
-		tp->nrunning--;
-	pthread_mutex_unlock(&tp->lock);
 	return t;
 }
 
@@ -427,7 +433,7 @@ thread_main(void *arg)
 		self->task = NULL;
 		/* The next claimed task, in the same hold of the lock: one
 		 * lock per task, not two. */
-		t = !abandoned && self->mine ? begin_next(self) : NULL;
+		t = !abandoned && self->nmine > 0 ? begin_next(self) : NULL;
 		pthread_mutex_unlock(&self->lock);
 
 		if (abandoned) {
@@ -723,8 +729,11 @@ tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n)
 		if (tp->nstarted == 0) {
 			/* No thread to run them: they fail below.  Only
 			 * these can be queued (earlier ones failed too). */
-			free(tp->head);
-			tp->head = tp->tail = NULL;
+			while ((sp = tp->head) != NULL) {
+				tp->head = sp->next;
+				free(sp);
+			}
+			tp->tail = NULL;
 			tp->nqueued = 0;
 		} else if (n == 1) {
 			pthread_cond_signal(&tp->cond);
