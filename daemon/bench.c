@@ -1,6 +1,6 @@
 /*
- * bench.c - `jobrund --bench JOB`: run one job's tasks three ways, measure
- * each, and say which mode suits the job.
+ * bench.c - `jobrund --bench JOB`: run one job's tasks three ways (five
+ * with --warm), measure each, and say which mode suits the job.
  *
  * The three runs, one after the other:
  *   sequential  one task after another in this thread, calling the plugin
@@ -14,23 +14,38 @@
  * The sequential and thread runs call the plugin inside jobrund: a plugin
  * that crashes takes the bench down, as it would take the daemon.
  *
+ * Those pools start cold, but the daemon keeps a job's pool between runs,
+ * so with --warm two more runs follow, "thread, warm" and "process, warm":
+ * each on a new runtime whose pool an untimed warm-up run of the same
+ * tasks has started, then the timed run on that pool, as the daemon's
+ * later runs of the job find it.
+ *
  * What each run reports:
  *   wall          from creating the pool (plugin init included) to the
- *                 last result;
+ *                 last result; warm: from starting the timed run;
  *   CPU           user+sys of jobrund and of its workers: getrusage SELF
- *                 and CHILDREN deltas, read once the workers are reaped;
+ *                 and CHILDREN deltas, read once the workers are reaped.
+ *                 A warm run's workers are reaped only after it, their
+ *                 CPU then holding the warm-up's too: so it is jobrund's
+ *                 getrusage SELF over the run plus each live worker's
+ *                 process CPU clock, read at its start and at its last
+ *                 result (a worker that dies meanwhile is left out, and
+ *                 the run's note says so); the clocks do not split user
+ *                 from sys;
  *   peak RSS      jobrund's VmHWM, reset through /proc/self/clear_refs
  *                 before the run, plus each worker's VmHWM, sampled while
- *                 it lives: an upper bound on the peak of the sum;
- *   start-up      creation of the pool to the first task starting in a
- *                 worker: what a cold pool costs;
+ *                 it lives (a warm run's live workers reset too): an
+ *                 upper bound on the peak of the sum;
+ *   start-up      creation of the pool (warm: of the run) to the first
+ *                 task starting in a worker: what a cold pool costs;
  *   overhead      (wall x workers - sum of the tasks' own wall) / tasks,
  *                 with workers at most the number of tasks: worker time
  *                 per task not spent in the plugin (dispatch, results,
  *                 start-up, idling at the end).
  * From these, one recommendation: CPU-bound or waiting from the
  * sequential run's CPU/wall ratio, thread or process from the measured
- * speed-ups and what process mode's isolation costs.
+ * speed-ups (of the cold runs: what every figure's first run costs) and
+ * what process mode's isolation costs.
  *
  * The table goes to stdout (one JSON document with --json), a progress
  * line to stderr when it is a terminal.  Exit status: 0; 1 on a config
@@ -46,6 +61,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -56,11 +72,17 @@
 #define BENCH_FAILS_KEPT	10		/* failures described per run */
 #define BENCH_SAMPLE_S		0.1		/* worker memory sampling */
 #define BENCH_PROGRESS_S	0.1		/* progress line refresh */
+#define BENCH_SETTLE_S		0.02		/* after a warm-up */
 #define BENCH_WORKERS_MAX	1024		/* what config.c allows */
 #define BENCH_TASKS_MAX		100000000UL	/* inputs x repeat */
 #define BENCH_PIDS_MAX		4096
 
-enum bench_kind { BENCH_SEQ, BENCH_THREAD, BENCH_PROCESS, BENCH_NKINDS };
+enum bench_kind {
+	BENCH_SEQ, BENCH_THREAD, BENCH_PROCESS,         /* always */
+	BENCH_THREAD_WARM, BENCH_PROCESS_WARM,          /* --warm */
+	BENCH_NKINDS
+};
+#define BENCH_COLD_RUNS		BENCH_THREAD_WARM
 
 /* A process's memory in KiB; -1 where unknown. */
 struct bench_mem {
@@ -74,12 +96,21 @@ struct bench_fail {
 	char *error;                    /* owned; may be NULL */
 };
 
-/* One of the three runs. */
+/* A warm run's worker process, live when the run started. */
+struct bench_clock {
+	pid_t pid;
+	clockid_t clock;                /* its process CPU clock */
+	double cpu0;                    /* at the start */
+};
+
+/* One of the runs. */
 struct bench_run {
-	const char *name;
+	const char *name;               /* in the table */
+	const char *mode;               /* in the JSON: "thread", ... */
 	int workers;
 	struct job_def def;             /* the job as this run runs it */
 	bool ran, complete;
+	bool warm;                      /* on a pool a warm-up run started */
 	double t0, t_end;               /* mono_now() */
 	double rt0, first_start;        /* CLOCK_REALTIME: t0, the first
 					   task's start (0: none yet) */
@@ -95,7 +126,10 @@ struct bench_run {
 	struct bench_mem self;          /* jobrund at the last result */
 	struct bench_mem *wk;           /* each worker seen: its peak */
 	size_t nwk, wkcap;
-	char note[256];
+	struct bench_clock *clk;        /* warm: the workers at the start */
+	size_t nclk;
+	double wk_cpu;                  /* warm: their CPU over the run */
+	char note[512];
 };
 
 /* What a run's numbers give, for the table, the JSON and the advice. */
@@ -118,21 +152,26 @@ struct bench {
 	long ncpus;
 	double loadavg;                 /* 1-minute, at the start */
 	struct bench_run runs[BENCH_NKINDS];
+	int nruns;                      /* BENCH_COLD_RUNS, or all: --warm */
 	struct bench_run *cur;
+	bool warming;                   /* cur's warm-up is running */
+	size_t warm_done, warm_failed;  /* its results */
 	struct jobrt *rt;
-	struct loop_timer *sampler, *drain;
+	struct loop_timer *sampler, *drain, *settle;
 	double last_progress;
 };
 
 /* --- measuring --------------------------------------------------------- */
 
+/* jobrund's CPU time, and its reaped children's when CHILDREN. */
 static void
-bench_rusage(double *user, double *sys)
+bench_rusage(bool children, double *user, double *sys)
 {
-	struct rusage self, kids;
+	struct rusage self, kids = { 0 };
 
 	getrusage(RUSAGE_SELF, &self);
-	getrusage(RUSAGE_CHILDREN, &kids);
+	if (children)
+		getrusage(RUSAGE_CHILDREN, &kids);
 	*user = (double)(self.ru_utime.tv_sec + kids.ru_utime.tv_sec) +
 	    (double)(self.ru_utime.tv_usec + kids.ru_utime.tv_usec) / 1e6;
 	*sys = (double)(self.ru_stime.tv_sec + kids.ru_stime.tv_sec) +
@@ -185,18 +224,25 @@ bench_read_mem(pid_t pid, struct bench_mem *m)
 		m->uss = clean + dirty;
 }
 
-/* Reset jobrund's VmHWM to its current RSS (Linux 4.0 and later). */
+/* Reset the VmHWM of PID (0: jobrund) to its current RSS (Linux 4.0 and
+ * later). */
 static bool
-bench_reset_hwm(void)
+bench_reset_hwm(pid_t pid)
 {
+	char path[64];
 	FILE *fp;
 	bool ok;
 
 #ifdef __GLIBC__
 	/* Give back what earlier runs freed, so it does not count here. */
-	malloc_trim(0);
+	if (pid == 0)
+		malloc_trim(0);
 #endif
-	if ((fp = fopen("/proc/self/clear_refs", "we")) == NULL)
+	if (pid == 0)
+		snprintf(path, sizeof path, "/proc/self/clear_refs");
+	else
+		snprintf(path, sizeof path, "/proc/%d/clear_refs", (int)pid);
+	if ((fp = fopen(path, "we")) == NULL)
 		return false;
 	ok = fputs("5", fp) >= 0;
 	if (fclose(fp) != 0)
@@ -281,6 +327,102 @@ bench_rq_wait(void)
 	return n == 2 ? (double)wait / 1e9 : -1;
 }
 
+/* Add to R's note, after what it says already. */
+static void JR_PRINTFLIKE(2, 3)
+bench_note(struct bench_run *r, const char *fmt, ...)
+{
+	size_t len = strlen(r->note);
+	va_list ap;
+
+	if (len > 0 && len + 2 < sizeof r->note) {
+		memcpy(r->note + len, "; ", 3);
+		len += 2;
+	}
+	va_start(ap, fmt);
+	vsnprintf(r->note + len, sizeof r->note - len, fmt, ap);
+	va_end(ap);
+}
+
+/* A process CPU clock's reading, in seconds, or -1 (the process is gone:
+ * reaped, since a zombie's clock still reads). */
+static double
+bench_clock_read(clockid_t clock)
+{
+	struct timespec ts;
+
+	if (clock_gettime(clock, &ts) == -1)
+		return -1;
+	return ts_to_s(&ts);
+}
+
+/* A warm run starts on live workers, whose CPU RUSAGE_CHILDREN shows only
+ * once they are reaped (warm-up included): read each one's process CPU
+ * clock now and at the last result instead.  Their peaks are reset as
+ * jobrund's is, so that the warm-up's do not count. */
+static void
+bench_workers_begin(struct bench_run *r)
+{
+	static pid_t pids[BENCH_PIDS_MAX];
+	size_t n = bench_children(pids, BENCH_PIDS_MAX);
+	bool reset = true;
+
+	r->clk = xcalloc(n > 0 ? n : 1, sizeof *r->clk);
+	for (size_t i = 0; i < n; i++) {
+		struct bench_clock *c = &r->clk[r->nclk];
+
+		if (clock_getcpuclockid(pids[i], &c->clock) != 0 ||
+		    (c->cpu0 = bench_clock_read(c->clock)) < 0)
+			continue;       /* gone meanwhile */
+		c->pid = pids[i];
+		r->nclk++;
+		if (!bench_reset_hwm(pids[i]))
+			reset = false;
+	}
+	if (!reset)
+		bench_note(r, "%s: a worker's peak RSS could not be reset: it "
+		    "includes the warm-up", r->name);
+}
+
+/* Was PID one of R's workers when R started? */
+static bool
+bench_was_live(const struct bench_run *r, pid_t pid)
+{
+	for (size_t i = 0; i < r->nclk; i++)
+		if (r->clk[i].pid == pid)
+			return true;
+	return false;
+}
+
+/* At a warm run's last result: its workers' CPU since the start.  One
+ * that has died and been reaped cannot be read: its share is left out,
+ * and the note says so.  One started during the run counts whole. */
+static void
+bench_workers_end(struct bench_run *r)
+{
+	static pid_t pids[BENCH_PIDS_MAX];
+	size_t n = bench_children(pids, BENCH_PIDS_MAX), lost = 0;
+	clockid_t clock;
+	double cpu;
+
+	for (size_t i = 0; i < r->nclk; i++) {
+		cpu = bench_clock_read(r->clk[i].clock);
+		/* Less than at the start: the pid is another process now. */
+		if (cpu < r->clk[i].cpu0)
+			lost++;
+		else
+			r->wk_cpu += cpu - r->clk[i].cpu0;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (!bench_was_live(r, pids[i]) &&
+		    clock_getcpuclockid(pids[i], &clock) == 0 &&
+		    (cpu = bench_clock_read(clock)) >= 0)
+			r->wk_cpu += cpu;
+	if (lost > 0)
+		bench_note(r, "%s: %zu worker%s ended during the run: %s CPU "
+		    "is left out of it", r->name, lost, lost == 1 ? "" : "s",
+		    lost == 1 ? "its" : "their");
+}
+
 static double
 bench_thread_cpu(void)
 {
@@ -344,9 +486,10 @@ bench_progress(struct bench *b, bool force)
 	if (!force && now - b->last_progress < BENCH_PROGRESS_S)
 		return;
 	b->last_progress = now;
-	fprintf(stderr, "\r\033[Kjobrund --bench %s: %s, %d worker%s: %zu/%zu tasks",
-	    b->job->name, b->cur->name, b->cur->workers,
-	    b->cur->workers == 1 ? "" : "s", b->cur->ndone, b->ntasks);
+	fprintf(stderr, "\r\033[Kjobrund --bench %s: %s%s, %d worker%s: %zu/%zu tasks",
+	    b->job->name, b->cur->name, b->warming ? " (warm-up)" : "",
+	    b->cur->workers, b->cur->workers == 1 ? "" : "s",
+	    b->warming ? b->warm_done : b->cur->ndone, b->ntasks);
 	fflush(stderr);
 }
 
@@ -357,8 +500,10 @@ bench_begin(struct bench *b, struct bench_run *r)
 
 	b->cur = r;
 	r->ran = true;
-	b->hwm_reset = bench_reset_hwm();
-	bench_rusage(&r->user0, &r->sys0);
+	b->hwm_reset = bench_reset_hwm(0);
+	if (r->warm)
+		bench_workers_begin(r);
+	bench_rusage(!r->warm, &r->user0, &r->sys0);
 	bench_progress(b, true);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	r->rt0 = ts_to_s(&ts);
@@ -377,17 +522,29 @@ bench_last_result(struct bench *b, struct bench_run *r)
 	bench_read_mem(getpid(), &r->self);
 	r->measuring += bench_thread_cpu() - cpu0;
 	bench_sample(b);
+	if (r->warm) {
+		/* After the sampling, whose CPU is in SELF and in measuring. */
+		double user, sys;
+
+		bench_rusage(false, &user, &sys);
+		r->user = user - r->user0;
+		r->sys = sys - r->sys0;
+		bench_workers_end(r);
+	}
 }
 
-/* Everything is reaped: the CPU figures are complete. */
+/* Everything is reaped: the CPU figures are complete (a warm run's were
+ * at its last result). */
 static void
 bench_end(struct bench *b, struct bench_run *r)
 {
 	double user, sys;
 
-	bench_rusage(&user, &sys);
-	r->user = user - r->user0;
-	r->sys = sys - r->sys0;
+	if (!r->warm) {
+		bench_rusage(true, &user, &sys);
+		r->user = user - r->user0;
+		r->sys = sys - r->sys0;
+	}
 	r->complete = r->ndone == b->ntasks;
 	bench_progress(b, true);
 	b->cur = NULL;
@@ -499,7 +656,12 @@ bench_task_done(const struct task_result *tr, void *arg)
 {
 	struct bench *b = arg;
 
-	bench_record(b->cur, tr->index, tr);
+	if (b->warming) {
+		b->warm_done++;
+		b->warm_failed += tr->status != TASK_OK;
+	} else {
+		bench_record(b->cur, tr->index, tr);
+	}
 	bench_progress(b, false);
 }
 
@@ -516,6 +678,26 @@ bench_drain_check(void *arg)
 	loop_break();
 }
 
+/* Stop RT's pool and wait until every worker is reaped: only then does
+ * RUSAGE_CHILDREN hold their CPU time, and the next run start clean. */
+static void
+bench_retire(struct bench *b, struct jobrt *rt)
+{
+	jobrt_retire(rt, false);
+	b->rt = NULL;
+	b->drain = loop_timer_add(0, 0.01, bench_drain_check, b);
+}
+
+static void
+bench_settled(void *arg)
+{
+	struct bench *b = arg;
+
+	loop_timer_remove(b->settle);
+	b->settle = NULL;
+	loop_break();
+}
+
 static void
 bench_run_done(struct jobrt *rt, uint64_t id, size_t ntasks, size_t nfailed,
     double wall, void *arg)
@@ -523,14 +705,24 @@ bench_run_done(struct jobrt *rt, uint64_t id, size_t ntasks, size_t nfailed,
 	struct bench *b = arg;
 
 	(void)id; (void)ntasks; (void)nfailed; (void)wall;
-	bench_last_result(b, b->cur);
-	loop_timer_remove(b->sampler);
-	b->sampler = NULL;
-	/* Stop the pool and wait until every worker is reaped: only then
-	 * does RUSAGE_CHILDREN hold their CPU time. */
-	jobrt_retire(rt, false);
-	b->rt = NULL;
-	b->drain = loop_timer_add(0, 0.01, bench_drain_check, b);
+	if (b->warming) {
+		/* The pool is started: bench_pool times the next run on it,
+		 * unless a signal came.  First the workers finish with the
+		 * warm-up (last results, acknowledgements), as they have
+		 * when the daemon's next run of the job comes: otherwise
+		 * that would count in the timed run. */
+		b->warming = false;
+		if (!b->interrupted) {
+			b->settle = loop_timer_add(BENCH_SETTLE_S, 0,
+			    bench_settled, b);
+			return;
+		}
+	} else {
+		bench_last_result(b, b->cur);
+		loop_timer_remove(b->sampler);
+		b->sampler = NULL;
+	}
+	bench_retire(b, rt);
 }
 
 static void
@@ -549,13 +741,50 @@ bench_on_signal(int signo, void *arg)
 		jobrt_cancel(b->rt, true);
 }
 
+/* An untimed run of the job's tasks on a new runtime, which starts its
+ * pool's threads or workers, and leaves them for R's timed run in b->rt.
+ * Returns 0; 1 when a signal cut it short (then the pool is gone); -1 on
+ * a failure of the loop. */
+static int
+bench_warm_up(struct bench *b, struct bench_run *r)
+{
+	b->cur = r;
+	b->warming = true;
+	b->warm_done = b->warm_failed = 0;
+	bench_progress(b, true);
+	b->rt = jobrt_new(&r->def, b->cfg);
+	run_start(b->rt);
+	if (loop_run() == -1)
+		return -1;
+	if (!b->interrupted) {
+		if (b->warm_failed > 0)
+			bench_note(r, "%s: %zu of %zu tasks did not succeed in the "
+			    "warm-up", r->name, b->warm_failed, b->warm_done);
+		return 0;
+	}
+	/* A signal: it ended the warm-up, and bench_run_done retired the
+	 * runtime and waited for its pool; or it came after the end. */
+	if (b->rt != NULL) {
+		bench_retire(b, b->rt);
+		if (loop_run() == -1)
+			return -1;
+	}
+	b->cur = NULL;
+	return 1;
+}
+
 static int
 bench_pool(struct bench *b, struct bench_run *r)
 {
+	int rc;
+
+	if (r->warm && (rc = bench_warm_up(b, r)) != 0)
+		return rc;
 	bench_begin(b, r);
 	b->sampler = loop_timer_add(BENCH_SAMPLE_S, BENCH_SAMPLE_S,
 	    bench_sample_fired, b);
-	b->rt = jobrt_new(&r->def, b->cfg);
+	if (!r->warm)
+		b->rt = jobrt_new(&r->def, b->cfg);
 	/* The run may end inside run_start (no tasks, a failed init), and
 	 * then retire the runtime: do not touch it after. */
 	run_start(b->rt);
@@ -574,7 +803,7 @@ bench_derive(const struct bench *b, const struct bench_run *r,
 	const struct bench_run *seq = &b->runs[BENCH_SEQ];
 	size_t used = (size_t)r->workers < r->ndone ? (size_t)r->workers : r->ndone;
 
-	d->cpu = r->user + r->sys - r->measuring;
+	d->cpu = r->user + r->sys + r->wk_cpu - r->measuring;
 	if (d->cpu < 0)
 		d->cpu = 0;
 	d->cpu_wall = r->wall > 0 ? d->cpu / r->wall : NAN;
@@ -621,11 +850,11 @@ bench_fmt_kib(long kib, char *buf, size_t len)
 	return buf;
 }
 
-/* The recommendation and its reason, in one line; *MODE and *WORKLOAD
- * get short names for the JSON. */
+/* The recommendation and its reason, in one line, from the cold runs;
+ * *MODE and *WORKLOAD get short names for the JSON. */
 static void
-bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
-    const char **workload, double *ratio)
+bench_advise_cold(const struct bench *b, char *buf, size_t len,
+    const char **mode, const char **workload, double *ratio)
 {
 	const struct bench_run *seq = &b->runs[BENCH_SEQ];
 	const struct bench_run *th = &b->runs[BENCH_THREAD];
@@ -746,6 +975,30 @@ bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
 	    bench_fmt_time(dp.overhead, t2, sizeof t2), cost * 100, m1);
 }
 
+/* The same, with the warm runs' speed-ups after it when there are: how
+ * much of a difference was the pools' start-up, which the daemon pays on
+ * a job's first run only. */
+static void
+bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
+    const char **workload, double *ratio)
+{
+	const struct bench_run *tw = &b->runs[BENCH_THREAD_WARM];
+	const struct bench_run *pw = &b->runs[BENCH_PROCESS_WARM];
+	struct bench_derived dt, dp;
+	size_t used;
+
+	bench_advise_cold(b, buf, len, mode, workload, ratio);
+	if (b->nruns <= BENCH_COLD_RUNS || strcmp(*mode, "none") == 0 ||
+	    !tw->complete || !pw->complete)
+		return;
+	bench_derive(b, tw, &dt);
+	bench_derive(b, pw, &dp);
+	used = strlen(buf);
+	snprintf(buf + used, len - used, "; on warm pools, as the daemon's "
+	    "later runs: %.2fx in thread mode, %.2fx in process mode",
+	    dt.speedup, dp.speedup);
+}
+
 static void
 bench_print_failures(const struct bench *b, const struct bench_run *r)
 {
@@ -776,6 +1029,8 @@ bench_print_table(const struct bench *b)
 	char advice[1024], c[9][32];
 	const char *mode, *workload;
 	double ratio;
+	/* Wide enough for "process, warm" only when there is one. */
+	int w = b->nruns > BENCH_COLD_RUNS ? 13 : 10;
 
 	printf("jobrund --bench %s: plugin %s %s, %zu task%s (", b->job->name,
 	    pl->name, pl->version ? pl->version : "", b->ntasks,
@@ -786,23 +1041,24 @@ bench_print_table(const struct bench *b)
 		printf("no input");
 	printf(" x %ld), %ld CPU%s, load average %.2f\n\n", b->repeat,
 	    b->ncpus, b->ncpus == 1 ? "" : "s", b->loadavg);
-	printf("%-10s %7s %10s %10s %8s %8s %10s %10s %10s %13s %6s\n", "mode",
+	printf("%-*s %7s %10s %10s %8s %8s %10s %10s %10s %13s %6s\n", w, "mode",
 	    "workers", "wall", "CPU", "CPU/wall", "speed-up", "tasks/s",
 	    "peak RSS", "start-up", "overhead/task", "failed");
-	for (int k = 0; k < BENCH_NKINDS; k++) {
+	for (int k = 0; k < b->nruns; k++) {
 		const struct bench_run *r = &b->runs[k];
 		struct bench_derived d;
 
 		if (!r->ran) {
-			printf("%-10s %7d  (not run: interrupted)\n", r->name, r->workers);
+			printf("%-*s %7d  (not run: interrupted)\n", w, r->name,
+			    r->workers);
 			continue;
 		}
 		bench_derive(b, r, &d);
 		snprintf(c[0], sizeof c[0], isnan(d.cpu_wall) ? "-" : "%.2f", d.cpu_wall);
 		snprintf(c[1], sizeof c[1], isnan(d.speedup) ? "-" : "%.2fx", d.speedup);
 		snprintf(c[2], sizeof c[2], isnan(d.tasks_s) ? "-" : "%.0f", d.tasks_s);
-		printf("%-10s %7d %10s %10s %8s %8s %10s %10s %10s %13s %6zu%s\n",
-		    r->name, r->workers, bench_fmt_time(r->wall, c[3], sizeof c[3]),
+		printf("%-*s %7d %10s %10s %8s %8s %10s %10s %10s %13s %6zu%s\n",
+		    w, r->name, r->workers, bench_fmt_time(r->wall, c[3], sizeof c[3]),
 		    bench_fmt_time(d.cpu, c[4], sizeof c[4]), c[0], c[1], c[2],
 		    bench_fmt_kib(d.peak, c[5], sizeof c[5]),
 		    bench_fmt_time(d.startup, c[6], sizeof c[6]),
@@ -810,9 +1066,15 @@ bench_print_table(const struct bench *b)
 		    r->complete ? "" : " (incomplete)");
 	}
 	printf("\n");
-	for (int k = 0; k < BENCH_NKINDS; k++)
-		if (b->runs[k].note[0] != '\0')
+	for (int k = 0; k < b->nruns; k++) {
+		bool said = false;
+
+		/* The warm thread run repeats the cold one's "1 worker". */
+		for (int j = 0; j < k; j++)
+			said |= strcmp(b->runs[j].note, b->runs[k].note) == 0;
+		if (b->runs[k].note[0] != '\0' && !said)
 			printf("note: %s\n", b->runs[k].note);
+	}
 	if (b->interrupted)
 		printf("note: interrupted by a signal: the figures are partial\n");
 	if (b->loadavg > 0.5 * (double)b->ncpus)
@@ -823,7 +1085,7 @@ bench_print_table(const struct bench *b)
 		printf("note: other load: the sequential run waited %s for a CPU; "
 		    "the advice leaves that out of its CPU/wall\n",
 		    bench_fmt_time(b->runs[BENCH_SEQ].rq_wait, c[0], sizeof c[0]));
-	for (int k = 0; k < BENCH_NKINDS; k++)
+	for (int k = 0; k < b->nruns; k++)
 		bench_print_failures(b, &b->runs[k]);
 	bench_advise(b, advice, sizeof advice, &mode, &workload, &ratio);
 	printf("recommendation: %s\n\n", advice);
@@ -838,6 +1100,12 @@ bench_print_table(const struct bench *b)
 "               time per task spent outside the plugin (dispatch, results, start-up)\n",
 	    b->hwm_reset ? ", reset before each run" :
 	    ", since jobrund started: clear_refs unavailable");
+	if (b->nruns > BENCH_COLD_RUNS)
+		printf(
+"warm           a second run on the pool the first one started, as the daemon's\n"
+"               later runs of a job find it: wall and start-up from starting that\n"
+"               run; CPU is jobrund's (getrusage SELF) plus each worker's CPU\n"
+"               clock over the run\n");
 }
 
 static void
@@ -870,15 +1138,19 @@ bench_json_str(const char *key, const char *s, bool comma)
 		putchar(',');
 }
 
-/* KEY NULL: an array element. */
+/* KEY NULL: an array element.  STARTED: whether the process started
+ * during the run (a worker), -1 to leave it out (jobrund). */
 static void
-bench_json_mem(const char *key, const struct bench_mem *m, bool comma)
+bench_json_mem(const char *key, const struct bench_mem *m, int started,
+    bool comma)
 {
 	if (key != NULL)
 		printf("\"%s\":", key);
 	printf("{");
 	if (m->pid > 0)
 		printf("\"pid\":%d,", (int)m->pid);
+	if (started >= 0)
+		printf("\"started_in_run\":%s,", started ? "true" : "false");
 	bench_json_kib("peak_rss_kib", m->hwm, true);
 	bench_json_kib("rss_kib", m->rss, true);
 	bench_json_kib("uss_kib", m->uss, false);
@@ -905,21 +1177,24 @@ bench_print_json(const struct bench *b)
 	bench_json_num("loadavg", b->loadavg, true);
 	printf("\"peaks_per_run\":%s,\"interrupted\":%s,\"runs\":[",
 	    b->hwm_reset ? "true" : "false", b->interrupted ? "true" : "false");
-	for (int k = 0; k < BENCH_NKINDS; k++) {
+	for (int k = 0; k < b->nruns; k++) {
 		const struct bench_run *r = &b->runs[k];
 		struct bench_derived d;
 
 		bench_derive(b, r, &d);
 		failed += r->nfailed;
 		printf("%s{", k ? "," : "");
-		bench_json_str("mode", r->name, true);
+		bench_json_str("mode", r->mode, true);
+		bench_json_str("pool", k == BENCH_SEQ ? "none" : r->warm ? "warm" :
+		    "cold", true);
 		printf("\"workers\":%d,\"ran\":%s,\"complete\":%s,", r->workers,
 		    r->ran ? "true" : "false", r->complete ? "true" : "false");
 		printf("\"tasks_done\":%zu,\"failed\":%zu,", r->ndone, r->nfailed);
 		bench_json_num("wall_s", r->ran ? r->wall : NAN, true);
 		bench_json_num("cpu_s", r->ran ? d.cpu : NAN, true);
-		bench_json_num("user_s", r->ran ? r->user : NAN, true);
-		bench_json_num("sys_s", r->ran ? r->sys : NAN, true);
+		/* Warm: the workers' CPU clocks do not split them. */
+		bench_json_num("user_s", r->ran && !r->warm ? r->user : NAN, true);
+		bench_json_num("sys_s", r->ran && !r->warm ? r->sys : NAN, true);
 		bench_json_num("cpu_per_wall", d.cpu_wall, true);
 		bench_json_num("speedup", d.speedup, true);
 		bench_json_num("tasks_per_s", d.tasks_s, true);
@@ -929,11 +1204,12 @@ bench_print_json(const struct bench *b)
 		bench_json_num("cpu_wait_s", r->rq_wait >= 0 ? r->rq_wait : NAN, true);
 		bench_json_kib("peak_rss_kib", r->ran ? d.peak : -1, true);
 		bench_json_kib("workers_peak_rss_kib", r->ran ? d.workers_peak : -1, true);
-		bench_json_mem("daemon", &r->self, true);
+		bench_json_mem("daemon", &r->self, -1, true);
 		printf("\"worker_processes\":[");
 		for (size_t i = 0; i < r->nwk; i++) {
 			printf("%s", i ? "," : "");
-			bench_json_mem(NULL, &r->wk[i], false);
+			bench_json_mem(NULL, &r->wk[i],
+			    !bench_was_live(r, r->wk[i].pid), false);
 		}
 		printf("],\"failures\":[");
 		for (size_t i = 0; i < r->nfails; i++) {
@@ -981,6 +1257,7 @@ bench_free(struct bench *b)
 		for (size_t i = 0; i < b->runs[k].nfails; i++)
 			free(b->runs[k].fails[i].error);
 		free(b->runs[k].wk);
+		free(b->runs[k].clk);
 	}
 	free(b->inputs);
 	cfg_free(b->cfg);
@@ -988,10 +1265,13 @@ bench_free(struct bench *b)
 
 int
 bench_main(const char *file, const char *jobname, const char *workers,
-    const char *repeat, bool json, bool log_stderr)
+    const char *repeat, bool warm, bool json, bool log_stderr)
 {
 	static const char *const names[BENCH_NKINDS] = {
-		"sequential", "thread", "process"
+		"sequential", "thread", "process", "thread, warm", "process, warm"
+	};
+	static const char *const modes[BENCH_NKINDS] = {
+		"sequential", "thread", "process", "thread", "process"
 	};
 	struct bench b = { 0 };
 	struct errlist errs = { 0 };
@@ -1001,6 +1281,7 @@ bench_main(const char *file, const char *jobname, const char *workers,
 
 	log_init("jobrund", log_stderr, LOG_WARNING);
 	b.json = json;
+	b.nruns = warm ? BENCH_NKINDS : BENCH_COLD_RUNS;
 	b.progress = isatty(STDERR_FILENO) == 1;
 	b.ncpus = sysconf(_SC_NPROCESSORS_ONLN);
 	if (getloadavg(&b.loadavg, 1) != 1)
@@ -1065,16 +1346,20 @@ bench_main(const char *file, const char *jobname, const char *workers,
 		struct bench_run *r = &b.runs[k];
 
 		r->name = names[k];
+		r->mode = modes[k];
+		r->warm = k >= BENCH_COLD_RUNS;
 		r->rq_wait = -1;
 		r->def = *b.job;        /* shallow: the config owns the strings */
 		r->def.inputs = b.inputs;
 		r->def.ninputs = b.ntasks;
 		r->def.has_inputs = true;
-		r->def.mode = k == BENCH_PROCESS ? MODE_PROCESS : MODE_THREAD;
+		r->def.mode = strcmp(r->mode, "process") == 0 ? MODE_PROCESS :
+		    MODE_THREAD;
 		/* One attempt per task, as in the sequential run. */
 		r->def.retries = 0;
 		r->workers = k == BENCH_SEQ ? 1 : b.workers;
-		if (k == BENCH_THREAD && !b.thread_safe && b.workers > 1) {
+		if (r->def.mode == MODE_THREAD && k != BENCH_SEQ &&
+		    !b.thread_safe && b.workers > 1) {
 			r->workers = 1;
 			snprintf(r->note, sizeof r->note, "thread mode ran 1 worker, "
 			    "not %d: plugin %s is not thread-safe", b.workers,
@@ -1093,7 +1378,7 @@ bench_main(const char *file, const char *jobname, const char *workers,
 	run_set_hooks(&hooks);
 
 	bench_sequential(&b);
-	for (int k = BENCH_THREAD; k < BENCH_NKINDS && !b.interrupted; k++)
+	for (int k = BENCH_THREAD; k < b.nruns && !b.interrupted; k++)
 		if (bench_pool(&b, &b.runs[k]) == -1)
 			b.interrupted = true;
 	if (b.progress)
@@ -1104,10 +1389,11 @@ bench_main(const char *file, const char *jobname, const char *workers,
 	else
 		bench_print_table(&b);
 	fflush(stdout);
-	for (int k = 0; k < BENCH_NKINDS; k++)
+	for (int k = 0; k < b.nruns; k++)
 		failed += b.runs[k].nfailed;
 	loop_timer_remove(b.drain);
 	loop_timer_remove(b.sampler);
+	loop_timer_remove(b.settle);
 	tpool_shutdown();
 	loop_shutdown();
 	bench_free(&b);

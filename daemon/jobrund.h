@@ -949,10 +949,11 @@ void notify_fini(void);
 /* bench.c - jobrund --bench: a job sequentially, in threads, in processes */
 /* ------------------------------------------------------------------ */
 /* Bench job JOB of FILE.  WORKERS and REPEAT are the command line's
- * strings (NULL: the job's workers, once); JSON prints one JSON document
- * instead of the table.  Returns the exit status: 0, 1 config error, 2
- * usage error, 3 a task failed or a signal interrupted the bench. */
+ * strings (NULL: the job's workers, once); WARM adds the thread and
+ * process runs on warm pools; JSON prints one JSON document instead of
+ * the table.  Returns the exit status: 0, 1 config error, 2 usage error,
+ * 3 a task failed or a signal interrupted the bench. */
 int bench_main(const char *file, const char *job, const char *workers,
-	       const char *repeat, bool json, bool log_stderr);
+	       const char *repeat, bool warm, bool json, bool log_stderr);
 
 #endif /* JOBRUND_H */

@@ -24,8 +24,8 @@ usage(FILE *fp)
 "usage: jobrund [-c FILE] [-d] [-e] [-p PIDFILE]   run the daemon (foreground)\n"
 "       jobrund [-c FILE] -t                      check the configuration\n"
 "       jobrund [-c FILE] [-e] --once [JOB...]    run jobs once, print JSON results\n"
-"       jobrund [-c FILE] --bench JOB [--workers N] [--repeat N] [--json]\n"
-"                                                 compare sequential, thread and process mode\n"
+"       jobrund [-c FILE] --bench JOB [--workers N] [--repeat N] [--warm]\n"
+"               [--json]                          compare sequential, thread and process mode\n"
 "\n"
 "  -c, --config FILE    configuration file (default " DEFAULT_CONFIG ")\n"
 "  -t, --check-config   validate the configuration, plugins included, and exit\n"
@@ -33,6 +33,8 @@ usage(FILE *fp)
 "      --bench JOB      run JOB's tasks sequentially, in thread and in process mode\n"
 "      --workers N      --bench: workers per pool (default: the job's)\n"
 "      --repeat N       --bench: run the job's inputs N times over (default 1)\n"
+"      --warm           --bench: also time thread and process mode on warm pools,\n"
+"                       as the daemon's later runs of a job find them\n"
 "      --json           --bench: print one JSON document instead of the table\n"
 "  -d, --daemonize      detach from the terminal (default: stay in the foreground)\n"
 "  -e, --log-stderr     copy log lines to stderr\n"
@@ -68,7 +70,8 @@ check_config(const char *file)
 int
 main(int argc, char **argv)
 {
-	enum { OPT_ONCE = 256, OPT_BENCH, OPT_WORKERS, OPT_REPEAT, OPT_JSON };
+	enum { OPT_ONCE = 256, OPT_BENCH, OPT_WORKERS, OPT_REPEAT, OPT_WARM,
+	       OPT_JSON };
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "check-config", no_argument, NULL, 't' },
@@ -76,6 +79,7 @@ main(int argc, char **argv)
 		{ "bench", required_argument, NULL, OPT_BENCH },
 		{ "workers", required_argument, NULL, OPT_WORKERS },
 		{ "repeat", required_argument, NULL, OPT_REPEAT },
+		{ "warm", no_argument, NULL, OPT_WARM },
 		{ "json", no_argument, NULL, OPT_JSON },
 		{ "daemonize", no_argument, NULL, 'd' },
 		{ "log-stderr", no_argument, NULL, 'e' },
@@ -87,7 +91,7 @@ main(int argc, char **argv)
 	const char *file = DEFAULT_CONFIG, *pidfile = NULL;
 	bool check = false, once = false, daemonize = false, log_stderr = false;
 	const char *bench = NULL, *workers = NULL, *repeat = NULL;
-	bool json = false;
+	bool warm = false, json = false;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "c:tdep:Vh", opts, NULL)) != -1) {
@@ -98,6 +102,7 @@ main(int argc, char **argv)
 		case OPT_BENCH: bench = optarg; break;
 		case OPT_WORKERS: workers = optarg; break;
 		case OPT_REPEAT: repeat = optarg; break;
+		case OPT_WARM: warm = true; break;
 		case OPT_JSON: json = true; break;
 		case 'd': daemonize = true; break;
 		case 'e': log_stderr = true; break;
@@ -127,15 +132,17 @@ main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (bench == NULL && (workers || repeat || json)) {
-		fprintf(stderr, "jobrund: --workers, --repeat and --json go with --bench\n");
+	if (bench == NULL && (workers || repeat || warm || json)) {
+		fprintf(stderr, "jobrund: --workers, --repeat, --warm and --json go "
+			"with --bench\n");
 		usage(stderr);
 		return 2;
 	}
 	if (check)
 		return check_config(file);
 	if (bench)
-		return bench_main(file, bench, workers, repeat, json, log_stderr);
+		return bench_main(file, bench, workers, repeat, warm, json,
+				  log_stderr);
 	if (once)
 		return once_main(file, argv + optind, argc - optind, log_stderr);
 	return daemon_main(file, daemonize, pidfile, log_stderr);

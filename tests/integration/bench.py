@@ -1,5 +1,6 @@
 """jobrund --bench: the table, the JSON, the exit codes, a plugin that is
-not thread-safe, failed tasks, and no worker left behind.
+not thread-safe, failed tasks, --warm's runs on warm pools, a signal, and
+no worker left behind.
 
 Runs the real jobrund on temporary configs.  No assertion is about time:
 the figures depend on the machine; what is checked is that each run is
@@ -7,10 +8,13 @@ there, complete, and says what it measured.
 """
 
 import json
+import signal
+import subprocess
 
-from jrtest import JOBRUND, main, processes_matching, run
+from jrtest import (JOBRUND, TIMEOUT, main, processes_matching, run,
+                    wait_for)
 
-RUN_KEYS = {"mode", "workers", "ran", "complete", "tasks_done", "failed",
+RUN_KEYS = {"mode", "pool", "workers", "ran", "complete", "tasks_done", "failed",
             "wall_s", "cpu_s", "user_s", "sys_s", "cpu_per_wall", "speedup",
             "tasks_per_s", "startup_s", "overhead_per_task_s",
             "task_wall_sum_s", "peak_rss_kib", "daemon", "worker_processes",
@@ -27,7 +31,8 @@ def config(env):
     return env.config(",\n".join([
         job("sq", "square", "thread", 2, [str(i) for i in range(10)]),
         job("ns", "notsafe", "process", 2, ['"a"', '"b"', '"c"']),
-        job("bad", "cpu", "process", 2, ['"abc"', '"10"'])]))
+        job("bad", "cpu", "process", 2, ['"abc"', '"10"']),
+        job("slow", "sleep", "thread", 2, ['"0.25"'] * 4)]))
 
 
 def bench(cfg, *args):
@@ -39,12 +44,18 @@ def no_workers_left(tap, name):
            "no %s worker left after --bench" % name)
 
 
+WARM_ROWS = ("thread, warm", "process, warm")
+
+
 def rows(out):
-    """The table's rows, by mode: the words of each line."""
+    """The table's rows, by mode ("thread, warm" for a warm one): the
+    words of each line, the mode first."""
     found = {}
     for line in out.splitlines():
         words = line.split()
-        if words and words[0] in ("sequential", "thread", "process"):
+        if words[:2] in (["thread,", "warm"], ["process,", "warm"]):
+            words = [" ".join(words[:2])] + words[2:]
+        if words and words[0] in ("sequential", "thread", "process") + WARM_ROWS:
             found[words[0]] = words
     return found
 
@@ -89,6 +100,8 @@ def test_json(tap, env):
     runs = doc.get("runs", [])
     tap.eq([r.get("mode") for r in runs], ["sequential", "thread", "process"],
            "three runs, in order")
+    tap.eq([r.get("pool") for r in runs], ["none", "cold", "cold"],
+           "without --warm: no pool, then two cold ones")
     tap.eq([r.get("workers") for r in runs], [1, 3, 3],
            "--workers sets both pools' size")
     for r in runs:
@@ -123,6 +136,9 @@ def test_usage_errors(tap, env):
     tap.eq(rc, 2, "--repeat 0 exits 2")
     rc, out, err = run([JOBRUND, "-c", cfg, "--workers", "2"])
     tap.eq(rc, 2, "--workers without --bench exits 2")
+    rc, out, err = run([JOBRUND, "-c", cfg, "--warm"])
+    tap.ok(rc == 2 and "--warm" in err,
+           "--warm without --bench exits 2, naming it", (rc, err))
     rc, out, err = run([JOBRUND, "-c", cfg, "--bench", "sq", "--once"])
     tap.eq(rc, 2, "--bench with --once exits 2")
     rc, out, err = bench(env.write("broken.conf", "jobs = ( { name = ; } );\n"),
@@ -169,5 +185,123 @@ def test_failed_tasks(tap, env):
     no_workers_left(tap, "bad")
 
 
+def test_warm_json(tap, env):
+    rc, out, err = bench(config(env), "sq", "--warm", "--json")
+    tap.eq(rc, 0, "--bench --warm --json exits 0")
+    try:
+        doc = json.loads(out)
+    except ValueError as e:
+        tap.ok(False, "--warm --json prints one JSON document",
+               "%s\n%s" % (e, out))
+        return
+    runs = doc.get("runs", [])
+    tap.eq([(r.get("mode"), r.get("pool")) for r in runs],
+           [("sequential", "none"), ("thread", "cold"), ("process", "cold"),
+            ("thread", "warm"), ("process", "warm")],
+           "five runs: the three as without --warm, then thread and process "
+           "on warm pools")
+    tap.eq([r.get("workers") for r in runs], [1, 2, 2, 2, 2],
+           "the warm pools have the job's 2 workers")
+    for r in runs[3:]:
+        name = "%s, warm" % r.get("mode")
+        tap.ok(RUN_KEYS <= set(r), "%s run has every field" % name,
+               sorted(RUN_KEYS - set(r)))
+        tap.ok(r.get("ran") and r.get("complete") and
+               r.get("tasks_done") == 10 and r.get("failed") == 0,
+               "%s run did all 10 tasks" % name, r)
+        tap.ok(isinstance(r.get("wall_s"), float) and r["wall_s"] > 0 and
+               isinstance(r.get("cpu_s"), (int, float)) and
+               r["cpu_s"] >= 0 and
+               isinstance(r.get("startup_s"), float) and
+               isinstance(r.get("peak_rss_kib"), int) and
+               r["peak_rss_kib"] > 0,
+               "%s run has a wall time, a CPU time, a start-up and a peak "
+               "RSS" % name, r)
+        tap.ok(r.get("user_s") is None and r.get("sys_s") is None,
+               "%s run does not split its CPU into user and sys" % name, r)
+    # The pool a run finds warm: every worker it saw was there when it
+    # began; a cold run's were all started by it.
+    cold = runs[2].get("worker_processes", []) if len(runs) == 5 else []
+    warm = runs[4].get("worker_processes", []) if len(runs) == 5 else []
+    tap.ok(1 <= len(cold) <= 2 and
+           all(p.get("started_in_run") is True for p in cold),
+           "the cold process run started its workers", cold)
+    tap.ok(1 <= len(warm) <= 2 and
+           all(p.get("started_in_run") is False for p in warm),
+           "the warm process run started no worker: it ran on those the "
+           "warm-up started", warm)
+    tap.ok(not {p.get("pid") for p in warm} & {p.get("pid") for p in cold},
+           "the warm process run has a pool of its own, not the cold one's",
+           (cold, warm))
+    tap.ok(doc.get("failed") == 0 and doc.get("interrupted") is False,
+           "no task failed in any run", doc.get("failed"))
+    no_workers_left(tap, "sq")
+
+
+def test_warm_table(tap, env):
+    cfg = config(env)
+    rc, out, err = bench(cfg, "sq", "--warm")
+    tap.eq(rc, 0, "--bench --warm exits 0")
+    r = rows(out)
+    tap.eq(sorted(r), sorted(("sequential", "thread", "process") + WARM_ROWS),
+           "a row per run: the three, and thread and process on warm pools")
+    tap.ok(all(r.get(m, [None, None])[1] == "2" for m in WARM_ROWS),
+           "the warm runs ran the job's 2 workers", r)
+    tap.ok(all(w[-1] == "0" for w in r.values()), "no task failed", r)
+    rec = [l for l in out.splitlines() if l.startswith("recommendation: ")]
+    tap.ok(len(rec) == 1, "still one recommendation line", rec)
+    tap.ok("warm           a second run on the pool the first one started"
+           in out, "the legend says what warm means", out)
+    rc, out, err = bench(cfg, "sq")
+    tap.ok(not set(WARM_ROWS) & set(rows(out)) and "warm " not in out,
+           "without --warm, no warm row and no warm legend", out)
+    rc, out, err = bench(cfg, "ns", "--warm", "--json")
+    doc = json.loads(out)
+    tap.eq([r["workers"] for r in doc["runs"]], [1, 1, 2, 1, 2],
+           "a plugin that is not thread-safe: 1 thread, warm too")
+    rc, out, err = bench(cfg, "bad", "--warm", "--json")
+    doc = json.loads(out)
+    tap.ok(rc == 3 and doc["failed"] == 5 and
+           [r["failed"] for r in doc["runs"]] == [1, 1, 1, 1, 1],
+           "a failed task counts in the warm runs too, and exits 3",
+           (rc, [r["failed"] for r in doc["runs"]]))
+    no_workers_left(tap, "ns")
+    no_workers_left(tap, "bad")
+
+
+def test_warm_signal(tap, env):
+    """SIGINT while the warm process run's workers are up: the bench stops,
+    prints what it has, exits 3, and leaves no worker."""
+    cfg = config(env)
+    p = subprocess.Popen([JOBRUND, "-c", cfg, "--bench", "slow", "--warm",
+                          "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    workers = lambda: processes_matching("jobrund-worker: slow")  # noqa: E731
+    # The cold process run's workers come and go, then the thread run on
+    # a warm pool passes (no worker), then the warm process pool's come.
+    seen = (wait_for(workers) and wait_for(lambda: not workers()) and
+            wait_for(workers))
+    if seen:
+        p.send_signal(signal.SIGINT)
+    try:
+        out, err = p.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    tap.ok(seen, "the warm process run's workers were seen")
+    tap.eq(p.returncode, 3, "SIGINT during the warm process run exits 3")
+    try:
+        doc = json.loads(out)
+    except ValueError as e:
+        tap.ok(False, "the partial results come out", "%s\n%s" % (e, out))
+        return
+    runs = doc.get("runs", [])
+    tap.ok(doc.get("interrupted") is True and len(runs) == 5 and
+           all(r.get("complete") for r in runs[:4]),
+           "the partial results come out, the first four runs complete",
+           out)
+    no_workers_left(tap, "slow")
+
+
 main([test_table, test_json, test_usage_errors, test_not_thread_safe,
-      test_failed_tasks])
+      test_failed_tasks, test_warm_json, test_warm_table, test_warm_signal])
