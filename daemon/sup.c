@@ -36,9 +36,9 @@
  *
  * The batch size adapts per pool: 1 to start, doubled while a batch is
  * worth less than BATCH_TARGET of work (by the tasks' wall time), shrunk
- * at once when tasks are slow; a worker holds at most two batches (one
- * task while the batch size is 1), no more than its share of what is
- * queued, so the tail of a run is spread over the workers, and nothing
+ * at once when tasks are slow; a worker holds at most two batches (so it
+ * starts the second without a round trip to us), no more than its share
+ * of what is queued, so the tail of a run is spread over the workers, and nothing
  * new while it has been running one task for long (it is "stalled").
  * Per task the daemon does no system call and arms no timer: a batch is
  * one write, its results one read.
@@ -1667,10 +1667,11 @@ static void
 hand_out(struct sup_pool *sp, double now)
 {
 	size_t batch = (size_t)sp->batch;
-	/* Two batches: one to run, one to start on when it is done.  Tasks
-	 * too long to batch go one at a time, where an idle worker gets them
-	 * from the queue. */
-	size_t hold = batch > 1 ? 2 * batch : 1;
+	/* Two batches: one to run, one to start on when it is done, without
+	 * a round trip to us.  Tasks too long to batch go one at a time, two
+	 * held: the second is taken back (steal) for a worker that goes idle
+	 * first, and a worker long in one task (stalled) is given none. */
+	size_t hold = 2 * batch;
 	bool gave = true;
 
 	while (gave && sp->nqueued > 0) {

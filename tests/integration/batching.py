@@ -97,6 +97,24 @@ def test_slow_task_does_not_hold_up_others(tap, env):
            "slow: the other worker ran the tasks after it", others)
 
 
+def test_held_task_not_stuck_behind_slow_one(tap, env):
+    # Tasks too slow to batch go one at a time, but a worker holds a
+    # second to start on without a round trip: the one held by the worker
+    # stuck in the 3 s task must be taken back and run by the other.
+    inputs = ["3"] + ["0.2"] * 4
+    cfg = env.config(job("held", "sleep", inputs))
+    rc, res, err = run_once(cfg)
+    tap.eq(rc, 0, "held: every task succeeds")
+    exactly_once(tap, res, len(inputs), "held")
+    tap.ok(res and res[-1]["index"] == 0,
+           "held: the short tasks all finish while the slow one runs",
+           [r["index"] for r in res])
+    slow = [r for r in res if r["index"] == 0]
+    others = {r["pid"] for r in res if r["index"] > 0}
+    tap.ok(slow and others == others - {slow[0]["pid"]},
+           "held: the other worker ran every short task", others)
+
+
 def test_crash_mid_batch(tap, env):
     # One worker, so that the tasks after each crash in its batches can
     # only run once they have gone back to the queue, on its successor.
@@ -260,6 +278,7 @@ def test_running_task_after_skipped_ids(tap, env):
     tap.eq(d.wait_exit(), 0, "skipped ids: the daemon exits cleanly")
 
 
-main([test_many_fast_tasks, test_slow_task_does_not_hold_up_others, test_crash_mid_batch,
+main([test_many_fast_tasks, test_slow_task_does_not_hold_up_others,
+      test_held_task_not_stuck_behind_slow_one, test_crash_mid_batch,
       test_crash_runs_nothing_twice, test_timeout_mid_batch, test_output_stays_with_its_task,
       test_max_tasks_per_worker, test_scribbled_block, test_running_task_after_skipped_ids])
