@@ -276,7 +276,8 @@ host_task_init(struct jr_task *t, const char *job, const char *input,
 void
 host_task_release(struct jr_task *t)
 {
-	free(t->out);
+	if (t->out != t->out_small)
+		free(t->out);
 	free(t->error);
 	t->out = t->error = NULL;
 	t->out_len = t->out_cap = 0;
@@ -319,14 +320,26 @@ h_task_output(jr_task *task, const void *data, size_t len)
 	size_t room = task->out_limit - task->out_len;
 	size_t take = len < room ? len : room;
 
+	if (task->out == NULL) {
+		/* Short output (the usual case) needs no allocation. */
+		task->out = task->out_small;
+		task->out_cap = sizeof task->out_small;
+	}
 	if (task->out_len + take + 1 > task->out_cap) {
-		/* Most tasks write once: the first write gets what it needs
-		 * and no more (the result keeps this buffer); later ones
-		 * double it. */
-		size_t cap = task->out_cap ? task->out_cap * 2 : take + 1;
+		/* Most tasks write once: the first write past the small
+		 * buffer gets what it needs and no more (the result keeps
+		 * this buffer); later ones double it. */
+		size_t cap = task->out == task->out_small ? take + task->out_len + 1 :
+		    task->out_cap * 2;
 		while (cap < task->out_len + take + 1)
 			cap *= 2;
-		task->out = xrealloc(task->out, cap);
+		if (task->out == task->out_small) {
+			char *big = xmalloc(cap);
+			memcpy(big, task->out_small, task->out_len);
+			task->out = big;
+		} else {
+			task->out = xrealloc(task->out, cap);
+		}
 		task->out_cap = cap;
 	}
 	memcpy(task->out + task->out_len, data, take);
@@ -576,15 +589,17 @@ host_run_task_clocked(const struct jr_plugin *pl, void *state, struct jr_task *t
 	if (rc < 0)
 		rc = -rc;
 
-	free(r->output);
-	/* Results are kept until their run ends: do not keep the slack of
-	 * the growing buffer with each of them. */
-	if (t->out && t->out_cap > t->out_len + 1) {
-		t->out = xrealloc(t->out, t->out_len + 1);
-		t->out_cap = t->out_len + 1;
+	if (t->out == NULL || t->out == t->out_small) {
+		result_set_output(r, t->out ? t->out : "", t->out_len);
+	} else {
+		/* Results are kept until their run ends: do not keep the
+		 * slack of the growing buffer with each of them. */
+		if (t->out_cap > t->out_len + 1)
+			t->out = xrealloc(t->out, t->out_len + 1);
+		result_clear_output(r);
+		r->output = t->out;
+		r->output_len = t->out_len;
 	}
-	r->output = t->out ? t->out : xstrdup("");
-	r->output_len = t->out_len;
 	t->out = NULL;
 	t->out_len = t->out_cap = 0;
 	free(r->error);

@@ -125,7 +125,14 @@ enum task_status {
 	TASK_CANCELLED, TASK_SKIPPED,
 };
 
-/* The result of one task: what design.md's result JSON shows. */
+/* Outputs shorter than this are kept in the result itself, not malloc'd:
+ * a run of short tasks would otherwise spend a fifth of each task in
+ * malloc, and free them all at its end. */
+#define RESULT_OUTPUT_SMALL 24
+
+/* The result of one task: what design.md's result JSON shows.  Its
+ * output may point into itself (output_small): never copy a result by
+ * value, move its output with result_move_output. */
 struct task_result {
 	const char *job;                /* not owned: the job's name */
 	uint64_t run;
@@ -133,7 +140,8 @@ struct task_result {
 	const char *input;              /* not owned; NULL: no input */
 	int attempt;                    /* 1-based: 2 and up after retries */
 	enum task_status status;
-	char *output;                   /* owned; NUL-terminated */
+	char *output;                   /* owned, or output_small;
+					   NUL-terminated */
 	size_t output_len;
 	char *error;                    /* owned; NULL when none */
 	char *worker_output;            /* process mode: what the worker wrote
@@ -148,6 +156,7 @@ struct task_result {
 	int signal;                     /* TASK_CRASHED / TASK_KILLED: 0 if none */
 	int exit_code;                  /* TASK_CRASHED: -1 if none */
 	bool core_dumped;
+	char output_small[RESULT_OUTPUT_SMALL];
 };
 
 /* ------------------------------------------------------------------ */
@@ -268,8 +277,10 @@ void host_job_release(struct jr_job *hj);
 struct jr_task {
 	const char *job;
 	const char *input;
-	char *out;                      /* output buffer, NUL-terminated */
+	char *out;                      /* output buffer, NUL-terminated:
+					   out_small, then malloc'd */
 	size_t out_len, out_cap, out_limit;
+	char out_small[RESULT_OUTPUT_SMALL];
 	size_t out_dropped;
 	char *error;                    /* malloc'd; NULL when none */
 	double deadline;                /* mono_now() seconds; 0: none */
@@ -308,6 +319,13 @@ void result_write_json(FILE *fp, const struct task_result *r);
 /* A one-line human summary, for the log.  Caller frees. */
 char *result_summary(const struct task_result *r);
 void result_clear(struct task_result *r);
+/* Set R's output to a copy of the LEN bytes at DATA (NUL added),
+ * freeing what it had. */
+void result_set_output(struct task_result *r, const char *data, size_t len);
+/* Drop R's output (freed unless it lives in R). */
+void result_clear_output(struct task_result *r);
+/* Move FROM's output to TO, freeing TO's; FROM is left without. */
+void result_move_output(struct task_result *to, struct task_result *from);
 /* Append S as a JSON string (quoted, escaped) to FP. */
 void json_write_string(FILE *fp, const char *s, size_t len);
 

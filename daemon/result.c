@@ -196,9 +196,41 @@ result_summary(const struct task_result *r)
 }
 
 void
+result_clear_output(struct task_result *r)
+{
+	if (r->output != r->output_small)
+		free(r->output);
+	r->output = NULL;
+}
+
+void
+result_set_output(struct task_result *r, const char *data, size_t len)
+{
+	result_clear_output(r);
+	r->output = len < sizeof r->output_small ? r->output_small : xmalloc(len + 1);
+	memcpy(r->output, data, len);
+	r->output[len] = '\0';
+	r->output_len = len;
+}
+
+void
+result_move_output(struct task_result *to, struct task_result *from)
+{
+	if (from->output == from->output_small) {
+		result_set_output(to, from->output, from->output_len);
+	} else {
+		result_clear_output(to);
+		to->output = from->output;
+		to->output_len = from->output_len;
+	}
+	from->output = NULL;
+	from->output_len = 0;
+}
+
+void
 result_clear(struct task_result *r)
 {
-	free(r->output);
+	result_clear_output(r);
 	free(r->error);
 	free(r->worker_output);
 	r->output = r->error = r->worker_output = NULL;

@@ -261,7 +261,7 @@ task_fail_now(struct task *t, enum task_status st, const char *error)
 {
 	t->result.status = st;
 	t->result.error = xstrdup(error);
-	t->result.output = xstrdup("");
+	result_set_output(&t->result, "", 0);
 	clock_gettime(CLOCK_REALTIME, &t->result.started);
 	t->result.pid = getpid();
 	run_task_done(t);
@@ -508,7 +508,7 @@ run_task_done(struct task *t)
 	}
 	t->done = true;
 	if (t->result.output == NULL)
-		t->result.output = xstrdup("");
+		result_set_output(&t->result, "", 0);
 	run->ndone++;
 	if (t->result.status != TASK_OK)
 		run->nfailed++;

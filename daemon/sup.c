@@ -1082,16 +1082,11 @@ take_result(struct worker *w, const struct msg_result *m, struct rstats *st)
 		if (w->sock != -1 && !w->gone)
 			proto_put_ack(&w->conn.out, &ack);
 	}
-	/* A first attempt has neither: no call for nothing. */
-	if (r->output)
-		free(r->output);
+	/* A first attempt has no error: no call for nothing. */
 	if (r->error)
 		free(r->error);
 	r->status = (enum task_status)m->status;
-	r->output = xmalloc(m->output_len + 1);
-	memcpy(r->output, m->output, m->output_len);
-	r->output[m->output_len] = '\0';
-	r->output_len = m->output_len;
+	result_set_output(r, m->output, m->output_len);
 	r->error = NULL;
 	if (m->error) {
 		r->error = xmalloc(m->error_len + 1);

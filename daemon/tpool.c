@@ -161,11 +161,9 @@ give_result(struct task *t, struct task_result *res)
 {
 	struct task_result *r = &t->result;
 
-	free(r->output);
+	result_move_output(r, res);
 	free(r->error);
 	r->status = res->status;
-	r->output = res->output;
-	r->output_len = res->output_len;
 	r->error = res->error;
 	r->started = res->started;
 	r->wall_s = res->wall_s;
