@@ -545,18 +545,17 @@ void
 host_run_task(const struct jr_plugin *pl, void *state, struct jr_task *t,
 	      struct task_result *r)
 {
-	host_run_task_clocked(pl, state, t, r, thread_cpu_now);
+	host_run_task_clocked(pl, state, t, r, thread_cpu_now, mono_now());
 }
 
 void
 host_run_task_clocked(const struct jr_plugin *pl, void *state, struct jr_task *t,
-		      struct task_result *r, double (*cpu_now)(void))
+		      struct task_result *r, double (*cpu_now)(void), double wall0)
 {
-	double wall0, wall1, cpu0, cpu;
+	double wall1, cpu0, cpu;
 	bool fresh = false;
 	int rc;
 
-	wall0 = mono_now();
 	task_started_at(wall0, &r->started);
 	if (!anchor.valid || wall0 - anchor.wall > TIMING_ANCHOR_S) {
 		cpu0 = cpu_now();

@@ -299,10 +299,12 @@ int host_plugin_init(const struct jr_plugin *pl, struct jr_job *hj, void **state
 void host_run_task(const struct jr_plugin *pl, void *state, struct jr_task *t,
 		   struct task_result *r);
 /* The same, with CPU time read from CPU_NOW (seconds) instead of the
- * calling thread's clock: the worker charges its whole process's. */
+ * calling thread's clock (the worker charges its whole process's), from
+ * WALL0, the caller's reading of mono_now() just before (the worker has
+ * one already: a clock read less per task). */
 void host_run_task_clocked(const struct jr_plugin *pl, void *state,
 			   struct jr_task *t, struct task_result *r,
-			   double (*cpu_now)(void));
+			   double (*cpu_now)(void), double wall0);
 /* The calling thread is about to wait: its next task reads the CPU clock
  * afresh (see host_run_task on how CPU time is measured). */
 void host_timing_idle(void);

@@ -487,10 +487,12 @@ run_one(const struct jr_plugin *pl, void *state, uint64_t id, const char *input,
 	/* A task's CPU time is the whole process's, children included (an
 	 * exec'd command's time belongs to the task), measured as host.c
 	 * measures a thread's: read only around tasks long enough to pay. */
-	host_run_task_clocked(pl, state, &t, &r, process_cpu_now);
+	host_run_task_clocked(pl, state, &t, &r, process_cpu_now,
+			      (double)start_ns / 1e9);
 	set_running(0, 0);
 	current_running = false;
-	/* Its end, from host_run_task's clock readings: one less here. */
+	/* Its end, from host_run_task's clock readings (it started at
+	 * start_ns): no more readings here. */
 	now = (double)start_ns / 1e9 + r.wall_s;
 	/* Did it write to stdout or stderr?  Bytes in the pipe, or the
 	 * daemon read from it meanwhile (it bumps out_gen around each read;
