@@ -59,7 +59,7 @@
 
 #include "jobrund.h"
 
-#define CHUNK_MAX 64            /* tasks a thread claims at once */
+#define CHUNK_MAX 256           /* tasks a thread claims at once */
 #define PREFETCH_AHEAD 4
 #define DONE_BATCH 256          /* finished tasks a thread holds back */
 #define DONE_DELAY_S 1e-3       /* ... and for how much task time */
