@@ -533,6 +533,10 @@ task_started_at(double wall, struct timespec *ts)
 	ns = (int64_t)(wall * 1e9) + anchor.real_minus_mono;
 	ts->tv_sec = (time_t)(ns / 1000000000);
 	ts->tv_nsec = (long)(ns % 1000000000);
+	if (ts->tv_nsec < 0) {          /* a clock set before 1970 */
+		ts->tv_nsec += 1000000000;
+		ts->tv_sec--;
+	}
 }
 
 void

@@ -476,14 +476,16 @@ run_one(const struct jr_plugin *pl, void *state, uint64_t id, const char *input,
 	int avail = 0;
 	bool wrote;
 
-	start_ns = mono_ns();
 	current_id = id;
 	current_cancelled = false;
 	current_running = true;
-	set_running(id + 1, start_ns);
 	out0 = atomic_load_explicit(&shm->out_gen, memory_order_acquire);
 	host_task_init(&t, job_name, input, timeout_s);
 	t.cancel_check = worker_cancel_check;
+	/* The task's clock starts here, as close to the plugin's run as
+	 * the running-task mark allows: its wall time is the plugin's. */
+	start_ns = mono_ns();
+	set_running(id + 1, start_ns);
 	/* A task's CPU time is the whole process's, children included (an
 	 * exec'd command's time belongs to the task), measured as host.c
 	 * measures a thread's: read only around tasks long enough to pay. */

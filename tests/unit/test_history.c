@@ -140,6 +140,8 @@ collect_task(const struct task_result *r, void *arg)
 	size_t i = c->n++;
 
 	assert_true(i < 8);
+	/* A copy by value, whose output may point into *R (output_small):
+	 * it is pointed at the test's own buffer at once, and never freed. */
 	c->tasks[i] = *r;
 	assert_true(r->output_len < sizeof c->outputs[i]);
 	memcpy(c->outputs[i], r->output, r->output_len + 1);
