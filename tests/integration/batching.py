@@ -79,40 +79,38 @@ def test_many_fast_tasks(tap, env):
     tap.ok("completed twice" not in err, "fast: nothing completed twice", err[-500:])
 
 
+def slow_task_last(tap, env, name, inputs, slow):
+    """Run the sleep INPUTS on 2 workers, INPUTS[SLOW] the long one: each
+    task once, the long one last, and the tasks after it run by the other
+    worker.  Returns the pids of the tasks after it, less the long one's."""
+    cfg = env.config(job(name, "sleep", inputs))
+    rc, res, err = run_once(cfg)
+    tap.eq(rc, 0, "%s: every task succeeds" % name)
+    exactly_once(tap, res, len(inputs), name)
+    tap.ok(res and res[-1]["index"] == slow,
+           "%s: the fast tasks all finish while the slow one runs" % name,
+           [r["index"] for r in res[-5:]])
+    long_pid = {r["pid"] for r in res if r["index"] == slow}
+    after = {r["pid"] for r in res if r["index"] > slow}
+    return after, after - long_pid if long_pid else set()
+
+
 def test_slow_task_does_not_hold_up_others(tap, env):
     # Fast tasks first, so that batches have grown when the slow one
     # comes: the tasks behind it in its worker's batch must be taken
     # back and run by the other worker while it sleeps.
-    inputs = ["0"] * 300 + ["3"] + ["0"] * 600
-    cfg = env.config(job("slow", "sleep", inputs))
-    rc, res, err = run_once(cfg)
-    tap.eq(rc, 0, "slow: every task succeeds")
-    exactly_once(tap, res, len(inputs), "slow")
-    tap.ok(res and res[-1]["index"] == 300,
-           "slow: the fast tasks all finish while the slow one runs",
-           [r["index"] for r in res[-5:]])
-    slow = [r for r in res if r["index"] == 300]
-    others = {r["pid"] for r in res if r["index"] > 300}
-    tap.ok(slow and others - {slow[0]["pid"]},
-           "slow: the other worker ran the tasks after it", others)
+    after, others = slow_task_last(tap, env, "slow",
+                                   ["0"] * 300 + ["3"] + ["0"] * 600, 300)
+    tap.ok(others, "slow: the other worker ran tasks after it", after)
 
 
 def test_held_task_not_stuck_behind_slow_one(tap, env):
     # Tasks too slow to batch go one at a time, but a worker holds a
     # second to start on without a round trip: the one held by the worker
     # stuck in the 3 s task must be taken back and run by the other.
-    inputs = ["3"] + ["0.2"] * 4
-    cfg = env.config(job("held", "sleep", inputs))
-    rc, res, err = run_once(cfg)
-    tap.eq(rc, 0, "held: every task succeeds")
-    exactly_once(tap, res, len(inputs), "held")
-    tap.ok(res and res[-1]["index"] == 0,
-           "held: the short tasks all finish while the slow one runs",
-           [r["index"] for r in res])
-    slow = [r for r in res if r["index"] == 0]
-    others = {r["pid"] for r in res if r["index"] > 0}
-    tap.ok(slow and others == others - {slow[0]["pid"]},
-           "held: the other worker ran every short task", others)
+    after, others = slow_task_last(tap, env, "held", ["3"] + ["0.2"] * 4, 0)
+    tap.ok(others and others == after,
+           "held: the other worker ran every short task", after)
 
 
 def test_crash_mid_batch(tap, env):
