@@ -325,21 +325,23 @@ h_task_output(jr_task *task, const void *data, size_t len)
 		task->out = task->out_small;
 		task->out_cap = sizeof task->out_small;
 	}
-	if (task->out_len + take + 1 > task->out_cap) {
+	size_t need = task->out_len + take + 1;
+
+	if (need > task->out_cap && task->out == task->out_small) {
 		/* Most tasks write once: the first write past the small
 		 * buffer gets what it needs and no more (the result keeps
 		 * this buffer); later ones double it. */
-		size_t cap = task->out == task->out_small ? take + task->out_len + 1 :
-		    task->out_cap * 2;
-		while (cap < task->out_len + take + 1)
+		char *big = xmalloc(need);
+
+		memcpy(big, task->out_small, task->out_len);
+		task->out = big;
+		task->out_cap = need;
+	} else if (need > task->out_cap) {
+		size_t cap = task->out_cap * 2;
+
+		while (cap < need)
 			cap *= 2;
-		if (task->out == task->out_small) {
-			char *big = xmalloc(cap);
-			memcpy(big, task->out_small, task->out_len);
-			task->out = big;
-		} else {
-			task->out = xrealloc(task->out, cap);
-		}
+		task->out = xrealloc(task->out, cap);
 		task->out_cap = cap;
 	}
 	memcpy(task->out + task->out_len, data, take);
@@ -599,9 +601,7 @@ host_run_task_clocked(const struct jr_plugin *pl, void *state, struct jr_task *t
 		 * slack of the growing buffer with each of them. */
 		if (t->out_cap > t->out_len + 1)
 			t->out = xrealloc(t->out, t->out_len + 1);
-		result_clear_output(r);
-		r->output = t->out;
-		r->output_len = t->out_len;
+		result_adopt_output(r, t->out, t->out_len);
 	}
 	t->out = NULL;
 	t->out_len = t->out_cap = 0;

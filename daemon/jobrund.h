@@ -326,6 +326,8 @@ void result_clear(struct task_result *r);
 void result_set_output(struct task_result *r, const char *data, size_t len);
 /* Drop R's output (freed unless it lives in R). */
 void result_clear_output(struct task_result *r);
+/* Give R the malloc'd, NUL-terminated BUF of LEN bytes as its output. */
+void result_adopt_output(struct task_result *r, char *buf, size_t len);
 /* Move FROM's output to TO, freeing TO's; FROM is left without. */
 void result_move_output(struct task_result *to, struct task_result *from);
 /* Append S as a JSON string (quoted, escaped) to FP. */

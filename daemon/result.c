@@ -214,15 +214,20 @@ result_set_output(struct task_result *r, const char *data, size_t len)
 }
 
 void
+result_adopt_output(struct task_result *r, char *buf, size_t len)
+{
+	result_clear_output(r);
+	r->output = buf;
+	r->output_len = len;
+}
+
+void
 result_move_output(struct task_result *to, struct task_result *from)
 {
-	if (from->output == from->output_small) {
+	if (from->output == from->output_small)
 		result_set_output(to, from->output, from->output_len);
-	} else {
-		result_clear_output(to);
-		to->output = from->output;
-		to->output_len = from->output_len;
-	}
+	else
+		result_adopt_output(to, from->output, from->output_len);
 	from->output = NULL;
 	from->output_len = 0;
 }

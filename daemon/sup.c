@@ -38,8 +38,8 @@
  * worth less than BATCH_TARGET of work (by the tasks' wall time), shrunk
  * at once when tasks are slow; a worker holds at most two batches (so it
  * starts the second without a round trip to us), no more than its share
- * of what is queued, so the tail of a run is spread over the workers, and nothing
- * new while it has been running one task for long (it is "stalled").
+ * of what is queued, so the tail of a run is spread over the workers, and
+ * nothing new while it has been running one task for long ("stalled").
  * Per task the daemon does no system call and arms no timer: a batch is
  * one write, its results one read.
  *

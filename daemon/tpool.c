@@ -6,10 +6,10 @@
  * worker thread claims a chunk of them at a time, from the span at the
  * head of the queue: one task when few are queued, up to CHUNK_MAX when
  * many are (its share of what is queued, so the tail still spreads over
- * every thread).  Claiming a chunk moves two
- * numbers and touches no task: a task's record is written by the main
- * thread on another core, and walking a list through the records, under
- * the queue's lock, cost more than the tasks.  A claimed chunk stays
+ * every thread).  Claiming a chunk moves two numbers and touches no
+ * task: a task's record is written by the main thread on another core,
+ * and walking a list through the records, under the queue's lock, cost
+ * more than the tasks.  A claimed chunk stays
  * visible as the thread's own range until each task starts, and an idle
  * thread steals the back half of another thread's range: so a slow task
  * never holds up the tasks claimed behind it while a thread is free to
@@ -60,7 +60,7 @@
 #include "jobrund.h"
 
 #define CHUNK_MAX 256           /* tasks a thread claims at once */
-#define PREFETCH_AHEAD 4
+#define PREFETCH_AHEAD 4        /* claimed records fetched ahead of use */
 #define DONE_BATCH 256          /* finished tasks a thread holds back */
 #define DONE_DELAY_S 1e-3       /* ... and for how much task time */
 #define SWEEP_S 5e-3            /* the main thread takes held results */
@@ -237,7 +237,7 @@ begin_next(struct tthread *self)
 	self->run = t->result.run;
 	self->index = t->result.index;
 	self->task = t;
-	self->input = t->result.input;        /* read under the lock: T may be
+	self->input = t->result.input;  /* read under the lock: T may be
 					   abandoned (and freed) later */
 	/* Only the stuck-thread watch (jobs with a timeout) looks at it. */
 	self->started = self->tp->def->timeout_s > 0 ? mono_now() : 0;
@@ -378,12 +378,12 @@ thread_main(void *arg)
 	struct tthread *self = arg;
 	struct tpool *tp = self->tp;
 	struct done_list dl;
+	struct task *t = NULL;          /* begun under the lock that filed
+					   the one before */
 
 	pthread_mutex_lock(&self->lock);
 	self->tid = gettid();
 	pthread_mutex_unlock(&self->lock);
-	struct task *t = NULL;
-
 	for (;;) {
 		struct task_result res;
 		struct jr_task jt;
@@ -663,19 +663,24 @@ finish_unrun(struct task *t, enum task_status st, const char *why, double ran_s)
 	run_task_done(t);
 }
 
+static struct span *
+span_new(struct task *first, size_t n, struct span *next)
+{
+	struct span *sp = xmalloc(sizeof *sp);
+
+	sp->first = first;
+	sp->n = n;
+	sp->next = next;
+	return sp;
+}
+
 /* Put TH's claimed range on the span list *LIST (TH->lock held). */
 static void
 take_mine(struct tthread *th, struct span **list)
 {
-	struct span *sp;
-
 	if (th->nmine == 0)
 		return;
-	sp = xmalloc(sizeof *sp);
-	sp->first = th->mine;
-	sp->n = th->nmine;
-	sp->next = *list;
-	*list = sp;
+	*list = span_new(th->mine, th->nmine, *list);
 	th->mine = NULL;
 	th->nmine = 0;
 }
@@ -708,11 +713,8 @@ tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n)
 
 	if (n == 0)
 		return;
-	struct span *sp = xmalloc(sizeof *sp);
+	struct span *sp = span_new(tasks, n, NULL);
 
-	sp->first = tasks;
-	sp->n = n;
-	sp->next = NULL;
 	pthread_mutex_lock(&tp->lock);
 	stuck = tp->stuck;
 	if (stuck == 0) {
