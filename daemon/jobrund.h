@@ -334,6 +334,17 @@ void result_move_output(struct task_result *to, struct task_result *from);
 void json_write_string(FILE *fp, const char *s, size_t len);
 
 /* ------------------------------------------------------------------ */
+/* outwatch.c - jobrund-worker: did a task write to stdout/stderr?      */
+/* ------------------------------------------------------------------ */
+
+/* Start watching the pipe on fd 1 (after the plugin's init). */
+void outwatch_start(void);
+/* Before a task: watch again if the last task's write used the watch up. */
+void outwatch_arm(void);
+/* After it: true when something wrote to the pipe since outwatch_arm. */
+bool outwatch_wrote(void);
+
+/* ------------------------------------------------------------------ */
 /* proto.c - the daemon <-> jobrund-worker protocol                    */
 /* ------------------------------------------------------------------ */
 /*

@@ -18,9 +18,8 @@
  * socket together: when the worker has nothing more to run, when 1 ms has
  * passed since the first unsent one, or when the spool fills.  A worker
  * that dies leaves its unsent results in the spool, where the daemon
- * finds them.  A task that may have written to stdout/stderr (the pipe
- * holds bytes, or the daemon read some during the task) has its result
- * sent at once and the worker waits for the daemon's ACK, which comes
+ * finds them.  A task that may have written to stdout/stderr (its watch
+ * on the pipe fired, outwatch.c) has its result sent at once and the worker waits for the daemon's ACK, which comes
  * once the daemon has taken that output for this task: only then does it
  * claim the next, so output is never counted with the wrong task.
  *
@@ -37,7 +36,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -473,12 +471,12 @@ run_one(const struct jr_plugin *pl, void *state, uint64_t id, const char *input,
 	struct msg_result mr;
 	uint64_t out0, start_ns;
 	double now;
-	int avail = 0;
 	bool wrote;
 
 	current_id = id;
 	current_cancelled = false;
 	current_running = true;
+	outwatch_arm();
 	out0 = atomic_load_explicit(&shm->out_gen, memory_order_acquire);
 	host_task_init(&t, job_name, input, timeout_s);
 	t.cancel_check = worker_cancel_check;
@@ -496,10 +494,11 @@ run_one(const struct jr_plugin *pl, void *state, uint64_t id, const char *input,
 	/* Its end, from host_run_task's clock readings (it started at
 	 * start_ns): no more readings here. */
 	now = (double)start_ns / 1e9 + r.wall_s;
-	/* Did it write to stdout or stderr?  Bytes in the pipe, or the
-	 * daemon read from it meanwhile (it bumps out_gen around each read;
-	 * looked at after the pipe, so a read in between is seen). */
-	wrote = ioctl(STDOUT_FILENO, FIONREAD, &avail) == -1 || avail > 0;
+	/* Did it write to stdout or stderr?  The watch says (outwatch.c);
+	 * where it is a FIONREAD, the daemon may have read the bytes out
+	 * meanwhile: it bumps out_gen around each read (looked at after the
+	 * pipe, so a read in between is seen). */
+	wrote = outwatch_wrote();
 	wrote |= (out0 & 1) != 0 ||
 		 atomic_load_explicit(&shm->out_gen, memory_order_acquire) != out0;
 
@@ -636,6 +635,9 @@ main(int argc, char **argv)
 	 * a plugin sees nothing open but fds 0-3. */
 	closelog();
 	host_set_log_hook(log_to_daemon);
+	/* While still the daemon's user: the pipe is the daemon's, and a
+	 * job's user may not reopen it. */
+	outwatch_start();
 	apply_limits_and_identity(&hello);
 
 	plugin = loader_open(hello.plugin_dir, hello.plugin, err, sizeof err);

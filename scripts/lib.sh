@@ -12,7 +12,7 @@
 
 # The Debian packages jobrund needs to build and test: the one list.
 JR_PACKAGES="build-essential autoconf automake libtool pkg-config \
-libconfig-dev libjansson-dev libsqlite3-dev libcmocka-dev libcurl4-openssl-dev python3-dev \
+libconfig-dev libjansson-dev liburing-dev libsqlite3-dev libcmocka-dev libcurl4-openssl-dev python3-dev \
 python3"
 
 # What `make fuzz` needs besides (.ci/run installs them): clang, libFuzzer

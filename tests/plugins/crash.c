@@ -4,8 +4,10 @@
  * SIGABRT, "exit3" exits with status 3, "hang" ignores SIGTERM and sleeps
  * for ever (only SIGKILL ends it), "spin" busy-loops without looking at
  * task_cancelled, "print" writes a line to stdout and one to stderr (which
- * the daemon must log, never mix into results); anything else ("ok") is
- * echoed.  For supervision tests: "escape:MARK" double-forks and
+ * the daemon must log, never mix into results), "print:thread" has a
+ * thread of its own write a line to stdout while the task waits for it
+ * without a system call (spinning on a flag), "print:child" has a forked
+ * child write one; anything else ("ok") is echoed.  For supervision tests: "escape:MARK" double-forks and
  * setsid()s a `sleep` whose argv[0] is MARK; "setsid:MARK" leaves a direct
  * child in its own session; "bg:MARK" a direct child in the worker's
  * group; "leak:N" keeps N MiB touched; "spew:N" writes N bytes to stdout
@@ -31,6 +33,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -203,6 +207,55 @@ set_seq(uint64_t *b, uint64_t seq, uint64_t start)
 	__atomic_store_n(&b[1], gen + 1, __ATOMIC_SEQ_CST);
 }
 
+static void *
+print_from_thread(void *arg)
+{
+	atomic_bool *done = arg;
+
+	printf("noise from a plugin thread\n");
+	fflush(stdout);
+	atomic_store(done, true);
+	return NULL;
+}
+
+/* Print from a thread or a child of the worker, not the task's thread:
+ * what the worker sees of that write must still be this task's. */
+static int
+print_elsewhere(const struct jr_host *host, jr_task *task, const char *who)
+{
+	if (strcmp(who, "thread") == 0) {
+		atomic_bool done = false;
+		pthread_t t;
+		int rc = pthread_create(&t, NULL, print_from_thread, &done);
+
+		if (rc != 0) {
+			host->task_error(task, "pthread_create: %s", strerror(rc));
+			return rc;
+		}
+		while (!atomic_load(&done))
+			;
+		pthread_detach(t);
+		return 0;
+	}
+	if (strcmp(who, "child") == 0) {
+		pid_t pid = fork();
+
+		if (pid == -1) {
+			int err = errno;
+			host->task_error(task, "fork: %s", strerror(err));
+			return err;
+		}
+		if (pid == 0) {
+			static const char line[] = "noise from a plugin's child\n";
+			_exit(write(1, line, sizeof line - 1) == sizeof line - 1 ? 0 : 1);
+		}
+		waitpid(pid, NULL, 0);
+		return 0;
+	}
+	host->task_error(task, "print:%s: thread or child", who);
+	return EINVAL;
+}
+
 static int
 scribble(const struct jr_host *host, jr_task *task, const char *how)
 {
@@ -290,6 +343,8 @@ crash_run(const struct jr_host *host, void *state, jr_task *task)
 			done += w;
 		}
 		return host->task_output(task, "spewed", 6) == 0 ? 0 : EFBIG;
+	} else if (strncmp(in, "print:", 6) == 0) {
+		return print_elsewhere(host, task, in + 6);
 	} else if (strcmp(in, "print") == 0) {
 		printf("noise from the plugin on stdout\n");
 		fflush(stdout);
