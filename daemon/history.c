@@ -57,7 +57,8 @@
  * use are prepared when first used, and the main connection's
  * cache is capped at CACHE_KIB: what our statements touch is a few index
  * and table pages per job, and a page not in the cache is one read from
- * the WAL or the file, in the kernel's page cache, microseconds.  No
+ * the WAL or the file, in the kernel's page cache, microseconds; when the
+ * daemon falls idle it empties that cache (history_release_memory).  No
  * memory-mapped I/O (SQLite's default here, mmap_size 0, is kept).
  *
  * Everything here runs in the main thread, except the checkpointer, which
@@ -707,6 +708,15 @@ history_close(void)
 	close_db();
 	free(h.path);
 	h.path = NULL;
+}
+
+void
+history_release_memory(void)
+{
+	/* Pages of the cache nobody holds: a later read takes them from the
+	 * WAL or the file, in the kernel's page cache. */
+	if (h.db != NULL)
+		sqlite3_db_release_memory(h.db);
 }
 
 void
