@@ -337,8 +337,11 @@ void json_write_string(FILE *fp, const char *s, size_t len);
 /* outwatch.c - jobrund-worker: did a task write to stdout/stderr?      */
 /* ------------------------------------------------------------------ */
 
-/* Start watching the pipe on fd 1 (after the plugin's init). */
-void outwatch_start(void);
+/* Start watching the pipe on fd 1, before the worker takes on the job's
+ * user; true when through io_uring, false when by FIONREAD.  JOB names
+ * the job in the log. */
+bool outwatch_start(const char *job);
+bool outwatch_uses_ring(void);
 /* Before a task: watch again if the last task's write used the watch up. */
 void outwatch_arm(void);
 /* After it: true when something wrote to the pipe since outwatch_arm. */

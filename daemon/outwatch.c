@@ -9,38 +9,52 @@
  *
  * So the worker keeps one poll request armed on the pipe in an io_uring
  * of its own.  A write to the pipe, from any thread of the worker or any
- * child it started, wakes the request inside that write(2), and the
- * wake-up shows in the memory the ring shares with us before the write
- * returns: the request's completion, or, until the completion is posted
- * (it is posted when the worker next enters the kernel), the ring's
- * IORING_SQ_TASKRUN flag (IORING_SETUP_TASKRUN_FLAG).  Checking after a
- * task is two loads, and exact as FIONREAD is: whatever the task wrote
- * before its run returned has been seen.  It is also exact where FIONREAD
- * needed help: the daemon reading the bytes out in the meantime does not
- * undo a completion.
+ * child it started, wakes the request inside that write(2), and the wake-up
+ * sets the ring's IORING_SQ_TASKRUN flag (IORING_SETUP_TASKRUN_FLAG), in
+ * memory the ring shares with us, before the write returns.  Checking
+ * after a task is two loads, and exact as FIONREAD is: whatever the task
+ * wrote before its run returned has been seen.  It is also exact where
+ * FIONREAD needed help: the daemon reading the bytes out meanwhile does
+ * not undo the wake-up.
  *
- * Once the request has fired, outwatch_arm reaps it and arms a new one:
- * one system call, only after a task that wrote, which costs a round
- * trip to the daemon anyway (worker.c).
+ * The ring defers its completions to us (IORING_SETUP_DEFER_TASKRUN,
+ * which needs IORING_SETUP_SINGLE_ISSUER: only the worker's main thread
+ * touches the ring): the wake-up never interrupts the plugin (with task
+ * work run at the next return to user space, a plugin thread's or
+ * child's write would make the main thread's epoll_wait fail with EINTR),
+ * and the flag is the ring's alone, not shared with a ring the plugin may
+ * have of its own.  Once the request has fired, outwatch_arm has its
+ * completion posted, reaps it and arms a new one: two system calls, only
+ * after a task that wrote, which costs a round trip to the daemon anyway
+ * (worker.c).
  *
- * The plugin must see nothing open but fds 0-3 (README, supervision), so
- * the ring keeps no descriptor of ours open: the read end of the pipe
- * (the pipe reopened through /proc/self/fd/1) is a registered file of the
- * ring, and the ring itself is entered through its registered index
- * (IORING_REGISTER_RING_FDS); both descriptors are closed.
+ * The plugin sees nothing open but fds 0-3 (README, supervision), so the
+ * ring keeps no descriptor of ours open: the read end of the pipe (the
+ * pipe reopened through /proc/self/fd/1, before the worker takes on a
+ * job's user, to whom the daemon's pipe is closed) is a registered file of
+ * the ring, and the ring is entered through its registered index
+ * (IORING_REGISTER_RING_FDS); both descriptors are closed.  The ring's
+ * memory is not inherited by fork (io_uring_ring_dontfork): a child that
+ * outlived the worker would otherwise keep the pipe's read end alive, and
+ * its writes would block when the daemon has gone instead of failing.
  *
- * Where io_uring cannot be used (an old kernel, kernel.io_uring_disabled,
- * a seccomp filter such as a container's, /proc not mounted), or when
- * JOBRUND_WORKER_FIONREAD is set in the environment (the tests run both
- * ways), each check is a FIONREAD: slower, exact as well.
+ * Where io_uring cannot be used so (Linux before 6.1, a kernel built
+ * without it or kernel.io_uring_disabled, a seccomp filter such as a
+ * container's, /proc not mounted), when the ring fails later (logged), or
+ * when JOBRUND_WORKER_FIONREAD is set (not empty) in the worker's
+ * environment (the tests run both ways), each check is a FIONREAD:
+ * slower, exact as well.
  */
 #include "config.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <liburing.h>
@@ -50,6 +64,7 @@
 static struct {
 	bool ring_ok;                   /* else: FIONREAD */
 	bool armed;                     /* a poll request is in the ring */
+	const char *job;                /* for the log */
 	struct io_uring ring;
 } ow;
 
@@ -72,45 +87,58 @@ register_pipe(void)
 	return rc < 0 ? -1 : 0;
 }
 
-/* Close the ring's own descriptor: it is entered by its registered index
- * from now on. */
+/*
+ * Close the ring's own descriptor: it is entered by its registered index
+ * from now on.  By hand, not with liburing 2.4's io_uring_close_ring_fd,
+ * which refuses before Linux 6.3 although what we do after works there:
+ * submitting, getting events and peeking at completions, all through the
+ * index.  No io_uring_register*() or io_uring_queue_exit() may follow.
+ */
 static int
 close_ring_fd(void)
 {
 	if (io_uring_register_ring_fd(&ow.ring) != 1)
 		return -1;
-#ifdef HAVE_IO_URING_CLOSE_RING_FD
-	return io_uring_close_ring_fd(&ow.ring) == 1 ? 0 : -1;
-#else
-	/* What liburing 2.4's io_uring_close_ring_fd does. */
 	close(ow.ring.ring_fd);
 	ow.ring.ring_fd = -1;
 	return 0;
-#endif
 }
 
-void
-outwatch_start(void)
+bool
+outwatch_start(const char *job)
 {
 	struct io_uring_params params = {
-		.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+		.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+			 IORING_SETUP_TASKRUN_FLAG,
 	};
+	const char *forced = getenv("JOBRUND_WORKER_FIONREAD");
 
-	if (getenv("JOBRUND_WORKER_FIONREAD") != NULL)
-		return;
-	/* Without TASKRUN_FLAG (Linux < 5.19) a write by another thread
-	 * might not show at once: FIONREAD then. */
+	ow.job = job;
+	if (forced != NULL && *forced != '\0')
+		return false;
 	if (io_uring_queue_init_params(2, &ow.ring, &params) < 0)
-		return;
-	if (register_pipe() == -1 || close_ring_fd() == -1) {
+		return false;
+	if (io_uring_ring_dontfork(&ow.ring) < 0 || register_pipe() == -1) {
 		io_uring_queue_exit(&ow.ring);
-		return;
+		return false;
+	}
+	if (close_ring_fd() == -1) {
+		io_uring_queue_exit(&ow.ring);
+		return false;
 	}
 	ow.ring_ok = true;
 	outwatch_arm();
+	return ow.ring_ok;
 }
 
-/* The armed request has fired, or is about to post that it has. */
+bool
+outwatch_uses_ring(void)
+{
+	return ow.ring_ok;
+}
+
+/* The armed request has fired: its completion is posted, or will be at
+ * the next io_uring_get_events. */
 static bool
 request_fired(void)
 {
@@ -119,10 +147,13 @@ request_fired(void)
 	return io_uring_cq_ready(&ow.ring) > 0 || (flags & IORING_SQ_TASKRUN);
 }
 
-/* Something went wrong with the ring: FIONREAD from now on. */
+/* The ring failed (ERR: a negative errno): FIONREAD from now on. */
 static void
-give_up_ring(void)
+give_up_ring(int err)
 {
+	syslog(LOG_NOTICE, "jobrund-worker: job %s: watching the output pipe "
+	       "through io_uring failed (%s): a FIONREAD per task from now on",
+	       ow.job ? ow.job : "?", strerror(-err));
 	ow.ring_ok = false;
 	ow.armed = false;
 }
@@ -132,40 +163,38 @@ outwatch_arm(void)
 {
 	struct io_uring_cqe *cqe;
 	struct io_uring_sqe *sqe;
+	int rc;
 
 	if (!ow.ring_ok || (ow.armed && !request_fired()))
 		return;
 	if (ow.armed) {
-		/* Have its completion posted (the flag alone may be up), and
-		 * reap it. */
-		if (io_uring_get_events(&ow.ring) < 0) {
-			give_up_ring();
+		/* Have its completion posted, and reap it. */
+		if ((rc = io_uring_get_events(&ow.ring)) < 0) {
+			give_up_ring(rc);
 			return;
 		}
 		while (io_uring_peek_cqe(&ow.ring, &cqe) == 0) {
-			bool failed = cqe->res < 0;
+			int res = cqe->res;
 
 			io_uring_cqe_seen(&ow.ring, cqe);
 			ow.armed = false;
-			if (failed) {
-				give_up_ring();
+			if (res < 0) {
+				give_up_ring(res);
 				return;
 			}
 		}
-		/* Woken, but the kernel found nothing to report and keeps it
-		 * armed: still watching. */
+		/* Woken, but nothing to report: the kernel keeps it armed. */
 		if (ow.armed)
 			return;
 	}
-	sqe = io_uring_get_sqe(&ow.ring);
-	if (sqe == NULL) {
-		give_up_ring();
+	if ((sqe = io_uring_get_sqe(&ow.ring)) == NULL) {
+		give_up_ring(-EBUSY);
 		return;
 	}
 	io_uring_prep_poll_add(sqe, 0, POLLIN);
 	sqe->flags |= IOSQE_FIXED_FILE;
-	if (io_uring_submit(&ow.ring) != 1) {
-		give_up_ring();
+	if ((rc = io_uring_submit(&ow.ring)) != 1) {
+		give_up_ring(rc < 0 ? rc : -EIO);
 		return;
 	}
 	ow.armed = true;

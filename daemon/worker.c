@@ -19,9 +19,11 @@
  * passed since the first unsent one, or when the spool fills.  A worker
  * that dies leaves its unsent results in the spool, where the daemon
  * finds them.  A task that may have written to stdout/stderr (its watch
- * on the pipe fired, outwatch.c) has its result sent at once and the worker waits for the daemon's ACK, which comes
- * once the daemon has taken that output for this task: only then does it
- * claim the next, so output is never counted with the wrong task.
+ * on the pipe fired, outwatch.c, or the daemon read some of the pipe
+ * during the task) has its result sent at once and the worker waits for
+ * the daemon's ACK, which comes once the daemon has taken that output for
+ * this task: only then does it claim the next, so output is never counted
+ * with the wrong task.
  *
  * The worker dies with the daemon: PR_SET_PDEATHSIG, and an EOF on the
  * socket, which it sees even while a task runs because the plugin's
@@ -637,7 +639,8 @@ main(int argc, char **argv)
 	host_set_log_hook(log_to_daemon);
 	/* While still the daemon's user: the pipe is the daemon's, and a
 	 * job's user may not reopen it. */
-	outwatch_start();
+	log_debug("jobrund-worker: job %s: output pipe watched %s", job_name,
+		  outwatch_start(job_name) ? "through io_uring" : "by FIONREAD");
 	apply_limits_and_identity(&hello);
 
 	plugin = loader_open(hello.plugin_dir, hello.plugin, err, sizeof err);

@@ -15,6 +15,7 @@ Nothing here sleeps blindly: each run is bounded by jrtest.TIMEOUT, and
 orders are read from the results jobrund prints as tasks finish.
 """
 
+import ctypes
 import json
 import os
 import re
@@ -193,20 +194,46 @@ PRINTED = {
 }
 
 
+def io_uring_usable():
+    """Whether this kernel sets up the ring outwatch.c asks for (Linux 6.1
+    or later, io_uring neither disabled nor filtered out)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    params = (ctypes.c_uint32 * 30)()   # struct io_uring_params, 120 bytes
+    # flags: SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG
+    params[2] = (1 << 12) | (1 << 13) | (1 << 9)
+    fd = libc.syscall(425, 2, params)   # io_uring_setup (all but alpha)
+    if fd < 0:
+        return False
+    os.close(fd)
+    return True
+
+
 def test_output_stays_with_its_task(tap, env):
     # The worker sees a task's writes through an io_uring watch on its
     # pipe, or with JOBRUND_WORKER_FIONREAD set, a FIONREAD per task
     # (outwatch.c): both must keep output with its task, whether the
-    # task's own thread, another thread or a child wrote it.
+    # task's own thread, another thread or a child wrote it.  crash.c's
+    # "uring" says which one the worker uses.
     n = 600
     printing = sorted(PRINTED)
     inputs = [printing[i // 7 % 3] if i % 7 == 3 else "t%d" % i for i in range(n)]
+    inputs[0] = "uring"
     cfg = env.config(job("outb", "crash", inputs))
+    ring = io_uring_usable()
     for how, extra in (("io_uring", {}), ("FIONREAD", {"JOBRUND_WORKER_FIONREAD": "1"})):
         what = "output (%s)" % how
         rc, res, err = run_once(cfg, env=dict(os.environ, **extra))
         tap.ok(rc == 0, "%s: every task succeeds" % what, err[-500:])
         seen = exactly_once(tap, res, n, what)
+        used = seen.get(0, [{}])[0].get("output")
+        if how == "FIONREAD":
+            tap.eq(used, "no", "%s: the worker has no ring" % what)
+        elif ring:
+            tap.eq(used, "yes", "%s: the worker watches through a ring, as "
+                   "this kernel allows" % what)
+        else:
+            tap.skip("%s: the worker watches through a ring" % what,
+                     "this kernel refuses the ring outwatch.c asks for")
         bad = []
         for i, rs in seen.items():
             wo = rs[0].get("worker_output")

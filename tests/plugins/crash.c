@@ -7,12 +7,13 @@
  * the daemon must log, never mix into results), "print:thread" has a
  * thread of its own write a line to stdout while the task waits for it
  * without a system call (spinning on a flag), "print:child" has a forked
- * child write one; anything else ("ok") is echoed.  For supervision tests: "escape:MARK" double-forks and
- * setsid()s a `sleep` whose argv[0] is MARK; "setsid:MARK" leaves a direct
- * child in its own session; "bg:MARK" a direct child in the worker's
- * group; "leak:N" keeps N MiB touched; "spew:N" writes N bytes to stdout
- * without a newline; "fds", "cwd", "id", "pid", "env:NAME" and
- * "rlimit:NAME" report what the worker process has.  For the fault
+ * child write one; anything else ("ok") is echoed.  For supervision
+ * tests: "escape:MARK" double-forks and setsid()s a `sleep` whose argv[0]
+ * is MARK; "setsid:MARK" leaves a direct child in its own session;
+ * "bg:MARK" a direct child in the worker's group; "leak:N" keeps N MiB
+ * touched; "spew:N" writes N bytes to stdout without a newline; "uring"
+ * (whether an io_uring is mapped), "fds", "cwd", "id", "pid", "env:NAME"
+ * and "rlimit:NAME" report what the worker process has.  For the fault
  * catalogue: "forkbomb" forks until fork fails, every child forking too,
  * then reports how many children the worker made and why it stopped (the
  * children wait to be killed); it refuses to start unless RLIMIT_NPROC
@@ -91,6 +92,16 @@ report(const struct jr_host *host, jr_task *task, const char *what)
 		}
 		if (d)
 			closedir(d);
+	} else if (strcmp(what, "uring") == 0) {
+		FILE *fp = fopen("/proc/self/maps", "re");
+		char line[512];
+		bool mapped = false;
+
+		while (fp && fgets(line, sizeof line, fp) != NULL)
+			mapped |= strstr(line, "[io_uring]") != NULL;
+		if (fp)
+			fclose(fp);
+		snprintf(buf, sizeof buf, "%s", mapped ? "yes" : "no");
 	} else if (strcmp(what, "cwd") == 0) {
 		if (getcwd(buf, sizeof buf) == NULL)
 			snprintf(buf, sizeof buf, "?");
