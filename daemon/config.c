@@ -1883,9 +1883,11 @@ prune_tree(config_setting_t *root)
 	for (int i = config_setting_length(root) - 1; i >= 0; i--) {
 		config_setting_t *jobs = config_setting_get_elem(root, (unsigned)i);
 
+		/* remove_elem fails only on an index out of range or a
+		 * scalar parent: neither here. */
 		if (strcmp(config_setting_name(jobs), "jobs") != 0 ||
 		    !config_setting_is_list(jobs)) {
-			config_setting_remove_elem(root, (unsigned)i);
+			(void)config_setting_remove_elem(root, (unsigned)i);
 			continue;
 		}
 		for (int j = config_setting_length(jobs) - 1; j >= 0; j--) {
@@ -1898,7 +1900,7 @@ prune_tree(config_setting_t *root)
 				config_setting_t *m = config_setting_get_elem(g, (unsigned)k);
 
 				if (strcmp(config_setting_name(m), "settings") != 0)
-					config_setting_remove_elem(g, (unsigned)k);
+					(void)config_setting_remove_elem(g, (unsigned)k);
 			}
 		}
 	}

@@ -1410,6 +1410,8 @@ ctl_cmd_history(struct ctl_client *c, json_t *req, const struct ucred *uc)
 	}
 	runs = json_array();
 	rc = history_list(name, (int)n, ctl_history_row, runs);
+	/* Its pages stay in SQLite's cache, up to 512 KiB, unless given back. */
+	daemon_idle_soon();
 	if (rc == -1) {
 		json_decref(runs);
 		ctl_reply_err(c, NULL, "%s", errno == ENODEV ? "no run history: its database "

@@ -30,13 +30,14 @@
  * allocate (config text and trees, task records, results), but glibc keeps
  * freed heap for reuse: it gives back only the top of a heap, and only
  * past a threshold.  So whenever the daemon falls idle (start-up done, a
- * reload applied, an old config freed, the last active run ended)
- * idle_trim runs malloc_trim once, from a zero-delay timer so that it
- * comes after whatever the moment frees (the history's page cache first):
- * every free page goes back to the kernel, and an idle daemon's RSS is what it holds, not what it once
- * held (with 100 jobs, 20-90 us a time; 150-300 KiB less after a round of
- * runs).  It happens at those edges only: never per task, never on a
- * timer of its own while nothing is due.
+ * reload applied, an old config freed, the last active run ended, a
+ * `history` request answered) idle_trim runs malloc_trim once, from a
+ * zero-delay timer so that it comes after whatever the moment frees (the
+ * history's page cache first): every free page goes back to the kernel,
+ * and an idle daemon's RSS is what it holds, not what it once held (with
+ * 100 jobs, 20-90 us a time; 150-300 KiB less after a round of runs).  It
+ * happens at those edges only: never per task, never on a timer of its
+ * own while nothing is due.
  */
 #include "config.h"
 
@@ -647,6 +648,12 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 /* ------------------------------------------------------------------ */
 /* For the control socket (ctl.c): small accessors, nothing else.      */
 /* ------------------------------------------------------------------ */
+
+void
+daemon_idle_soon(void)
+{
+	idle_trim_soon();
+}
 
 const struct jr_config *
 daemon_config(void)

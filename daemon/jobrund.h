@@ -914,6 +914,9 @@ int daemon_cancel_job(const char *name);
  * waits meanwhile: prefer daemon_reload_async); -1 with every error
  * (FILE:LINE: message) added to ERRS when it is refused. */
 int daemon_reload_from_ctl(struct errlist *errs);
+/* A request has read the run history: trim the memory it used once the
+ * loop comes round, if no run is active. */
+void daemon_idle_soon(void);
 /* Reload as SIGHUP does, the file read off the event loop; DONE is called
  * once it is over: OK, or not with the errors in ERRS (NULL when jobrund
  * stopped first).  Requests during a load make one more load after it. */

@@ -147,7 +147,9 @@ request_fired(void)
 	return io_uring_cq_ready(&ow.ring) > 0 || (flags & IORING_SQ_TASKRUN);
 }
 
-/* The ring failed (ERR: a negative errno): FIONREAD from now on. */
+/* The ring failed (ERR: a negative errno): FIONREAD from now on.  The
+ * ring stays mapped, and with its registered pipe lives until the worker
+ * exits: with its descriptor closed, nothing can tear it down. */
 static void
 give_up_ring(int err)
 {

@@ -606,6 +606,7 @@ main(int argc, char **argv)
 	const uint8_t *p;
 	size_t len;
 	int rc;
+	bool ring;
 
 	(void)argc;
 	if (fstat(WORKER_FD, &st) == -1 || !S_ISSOCK(st.st_mode)) {
@@ -639,8 +640,9 @@ main(int argc, char **argv)
 	host_set_log_hook(log_to_daemon);
 	/* While still the daemon's user: the pipe is the daemon's, and a
 	 * job's user may not reopen it. */
+	ring = outwatch_start(job_name);
 	log_debug("jobrund-worker: job %s: output pipe watched %s", job_name,
-		  outwatch_start(job_name) ? "through io_uring" : "by FIONREAD");
+		  ring ? "through io_uring" : "by FIONREAD");
 	apply_limits_and_identity(&hello);
 
 	plugin = loader_open(hello.plugin_dir, hello.plugin, err, sizeof err);
