@@ -606,7 +606,7 @@ bench_sequential(struct bench *b)
 
 	bench_begin(b, r);
 	rq0 = bench_rq_wait();
-	host_job_init(&hj, &r->def, b->cfg->file, &errs);
+	host_job_init(&hj, &r->def, b->cfg, &errs);
 	rc = host_plugin_init(pl, &hj, &state);
 	host_job_release(&hj);
 	double since_check = 0;

@@ -1522,6 +1522,7 @@ job_parse(struct cfg_ctx *ctx, config_setting_t *g, size_t index,
 	for (int k = 0; k < JR_RLIMITS; k++)
 		job->rlimit[k] = -1;
 	job->line = (int)config_setting_source_line(g);
+	job->file = xstrdup(setting_file(ctx, g));
 
 	/* Every message names the job: by name if it has a good one. */
 	s = config_setting_get_member(g, "name");
@@ -1564,6 +1565,7 @@ static void
 job_free(struct job_def *job)
 {
 	free(job->name);
+	free(job->file);
 	free(job->plugin_name);
 	free(job->schedule);
 	cron_free(job->cron);
@@ -1933,6 +1935,7 @@ cfg_load(const char *file, struct errlist *errs)
 	if ((fp = cfg_open(&ctx, file)) == NULL)
 		goto fail;
 	ctx.dir = file_dir(file);
+	cfg->include_dir = xstrdup(ctx.dir);
 	config_set_include_dir(&cfg->tree, ctx.dir);
 	/* config_read, not config_read_file: settings of the main file then
 	 * have no file name, those of @include files their own. */
@@ -2014,7 +2017,7 @@ cfg_load_plugins(struct jr_config *cfg, struct errlist *errs)
 				  sizeof err);
 		if (p == NULL) {
 			errlist_add(errs, "%s:%d: job '%s': plugin '%s': %s",
-				    cfg->file, job->line, job->name,
+				    job->file, job->line, job->name,
 				    job->plugin_name, err);
 			continue;
 		}
@@ -2023,14 +2026,14 @@ cfg_load_plugins(struct jr_config *cfg, struct errlist *errs)
 		    (desc->flags & JR_PLUGIN_THREAD_SAFE) == 0) {
 			errlist_add(errs, "%s:%d: job '%s': plugin '%s' is not "
 				    "thread-safe: use mode = \"process\" or "
-				    "workers = 1", cfg->file, job->line,
+				    "workers = 1", job->file, job->line,
 				    job->name, job->plugin_name);
 			continue;
 		}
 
 		/* Let the plugin validate its settings now, so that a bad
 		 * one stops `jobrund -t` and a reload, not a run. */
-		host_job_init(&hj, job, cfg->file, errs);
+		host_job_init(&hj, job, cfg, errs);
 		rc = host_plugin_init(desc, &hj, &state);
 		if (rc == 0) {
 			if (desc->fini != NULL)
@@ -2038,7 +2041,7 @@ cfg_load_plugins(struct jr_config *cfg, struct errlist *errs)
 			job->plugin = p;
 		} else if (hj.nerrors == 0)
 			errlist_add(errs, "%s:%d: job '%s': plugin '%s': init "
-				    "failed: %s", cfg->file, job->line,
+				    "failed: %s", job->file, job->line,
 				    job->name, job->plugin_name, strerror(rc));
 		host_job_release(&hj);
 	}
@@ -2060,6 +2063,7 @@ cfg_free(struct jr_config *cfg)
 	free(cfg->jobs);
 	config_destroy(&cfg->tree);
 	free(cfg->file);
+	free(cfg->include_dir);
 	free(cfg->plugin_dir);
 	free(cfg->control_socket);
 	free(cfg->state_dir);

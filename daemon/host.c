@@ -44,12 +44,13 @@ job_keep(struct jr_job *hj, char *s)
 }
 
 void
-host_job_init(struct jr_job *hj, const struct job_def *def, const char *file,
-	      struct errlist *errs)
+host_job_init(struct jr_job *hj, const struct job_def *def,
+	      const struct jr_config *cfg, struct errlist *errs)
 {
 	memset(hj, 0, sizeof *hj);
 	hj->name = def->name;
-	hj->file = file;
+	hj->file = def->file;
+	hj->include_dir = cfg->include_dir;
 	hj->line = def->line;
 	hj->settings = def->settings;
 	hj->errs = errs;
@@ -83,10 +84,17 @@ static void
 report(jr_job *job, config_setting_t *s, const char *name, const char *msg)
 {
 	int line = s ? (int)config_setting_source_line(s) : job->line;
-	const char *file = job->file;
+	const char *file = job->file, *src = s ? config_setting_source_file(s) : NULL;
+	char *joined = NULL;
 
-	if (s && config_setting_source_file(s))
-		file = config_setting_source_file(s);
+	/* A setting from an @include file: libconfig names that file as the
+	 * @include wrote it, relative to the include directory. */
+	if (src != NULL) {
+		if (src[0] != '/' && job->include_dir != NULL)
+			file = joined = xasprintf("%s/%s", job->include_dir, src);
+		else
+			file = src;
+	}
 	job->nerrors++;
 	if (job->errs) {
 		if (file && line > 0)
@@ -99,6 +107,7 @@ report(jr_job *job, config_setting_t *s, const char *name, const char *msg)
 		log_msg(LOG_ERR, "job '%s': settings.%s: %s", job->name,
 			name ? name : "", msg);
 	}
+	free(joined);
 }
 
 static const char *

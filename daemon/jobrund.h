@@ -79,7 +79,9 @@ struct job_def {
 	enum catchup_policy catchup;    /* cron */
 	int history_keep;               /* runs kept; the top-level default */
 	bool enabled;
-	int line;                       /* line of the job's group */
+	int line;                       /* line of the job's group... */
+	char *file;                     /* ...in this file: the config or an
+					   @include */
 	/* Process mode: worker limits and identity. */
 	int max_tasks_per_worker;       /* 0: unlimited */
 	uint64_t max_rss;               /* bytes; 0: unlimited */
@@ -100,6 +102,8 @@ struct job_def {
 /* A whole configuration.  cfg_free frees everything it holds. */
 struct jr_config {
 	char *file;
+	char *include_dir;              /* absolute; @include names are
+					   relative to it */
 	char *plugin_dir;
 	char *control_socket;
 	char *state_dir;
@@ -261,16 +265,18 @@ extern const struct jr_host host_table;
 /* The job handle given to init.  SETTINGS may be NULL (no settings). */
 struct jr_job {
 	const char *name;
-	const char *file;               /* for setting_error; may be NULL */
-	int line;                       /* the job's line */
+	const char *file;               /* the job's file; may be NULL */
+	const char *include_dir;        /* where @include names start; may
+					   be NULL */
+	int line;                       /* the job's line in its file */
 	config_setting_t *settings;
 	struct errlist *errs;           /* setting_error appends here; may be NULL */
 	int nerrors;
 	char **scratch;                 /* strings handed out (freed with the job) */
 	size_t nscratch;
 };
-void host_job_init(struct jr_job *hj, const struct job_def *def, const char *file,
-		   struct errlist *errs);
+void host_job_init(struct jr_job *hj, const struct job_def *def,
+		   const struct jr_config *cfg, struct errlist *errs);
 void host_job_release(struct jr_job *hj);
 
 /* The task handle given to run.  Embedded in the executors' tasks. */

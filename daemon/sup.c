@@ -1563,7 +1563,7 @@ spawn_worker(struct sup_pool *sp)
 	hello.plugin_dir = sp->cfg->plugin_dir;
 	hello.plugin = sp->def->plugin_name;
 	hello.settings = sp->def->settings_text;
-	hello.config_file = sp->cfg->file;
+	hello.config_file = sp->def->file;
 	hello.log_level = log_get_level();
 	for (int i = 0; i < JR_RLIMITS; i++)
 		hello.rlimit[i] = sp->def->rlimit[i];

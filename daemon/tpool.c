@@ -586,7 +586,7 @@ tpool_new(struct job_def *def, const struct jr_config *cfg, char *err, size_t er
 		snprintf(err, errlen, "plugin '%s' is not loaded", def->plugin_name);
 		return NULL;
 	}
-	host_job_init(&hj, def, cfg->file, &errs);
+	host_job_init(&hj, def, cfg, &errs);
 	rc = host_plugin_init(loader_descriptor(def->plugin), &hj, &state);
 	host_job_release(&hj);
 	if (rc != 0) {

@@ -115,6 +115,28 @@ def test_settings_validation(tap, env):
            "a job with valid settings gets them")
 
 
+def test_errors_in_included_files(tap, env):
+    # A job defined in an @include file: errors found when its plugin is
+    # loaded, and by the plugin in its settings, name that file (by its
+    # full path) and the line there, not the main file's.
+    os.mkdir(os.path.join(env.dir, "jobs.d"))
+    inc = env.write("jobs.d/more.conf", """# more jobs
+{ name = "gone"; plugin = "nosuchplugin"; mode = "thread"; },
+{ name = "s4"; plugin = "settings"; mode = "thread";
+  settings = { factor = 500; }; }
+""")
+    cfg = env.config('  @include "jobs.d/more.conf"')
+    rc, out, err = check(cfg)
+    tap.eq(rc, 1, "included jobs: -t fails")
+    lines = err.splitlines()
+    hit = [l for l in lines if "'gone'" in l]
+    tap.ok(hit and hit[0].startswith(inc + ":2: ") and "nosuchplugin" in hit[0],
+           "a bad plugin of an included job is reported at its file and line", err)
+    hit = [l for l in lines if "settings.factor" in l]
+    tap.ok(hit and hit[0].startswith(inc + ":4: "),
+           "a plugin's settings error in an included file names its full path", err)
+
+
 def test_usage(tap, env):
     rc, out, err = run([JOBRUND, "--no-such-option"])
     tap.eq(rc, 2, "an unknown option is a usage error (2)")
@@ -130,5 +152,6 @@ def test_usage(tap, env):
 
 
 main([test_good_config, test_every_error_reported, test_syntax_error,
+      test_errors_in_included_files,
       test_missing_config, test_plugin_refusals, test_thread_safety_flag,
       test_settings_validation, test_usage])
