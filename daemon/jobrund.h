@@ -344,9 +344,10 @@ void json_write_string(FILE *fp, const char *s, size_t len);
 /* ------------------------------------------------------------------ */
 
 /* Start watching the pipe on fd 1, before the worker takes on the job's
- * user; true when through io_uring, false when by FIONREAD.  JOB names
- * the job in the log. */
-bool outwatch_start(const char *job);
+ * user; true when through io_uring, false when by FIONREAD.  A later
+ * failure of the ring is told to LOG (may be NULL), with JOB. */
+bool outwatch_start(const char *job,
+		    void (*log)(int priority, const char *job, const char *text));
 bool outwatch_uses_ring(void);
 /* Before a task: watch again if the last task's write used the watch up. */
 void outwatch_arm(void);

@@ -40,7 +40,8 @@
  *
  * Where io_uring cannot be used so (Linux before 6.1, a kernel built
  * without it or kernel.io_uring_disabled, a seccomp filter such as a
- * container's, /proc not mounted), when the ring fails later (logged), or
+ * container's, /proc not mounted), when the ring fails later (logged
+ * through the daemon: the worker keeps no syslog socket open), or
  * when JOBRUND_WORKER_FIONREAD is set (not empty) in the worker's
  * environment (the tests run both ways), each check is a FIONREAD:
  * slower, exact as well.
@@ -65,6 +66,7 @@ static struct {
 	bool ring_ok;                   /* else: FIONREAD */
 	bool armed;                     /* a poll request is in the ring */
 	const char *job;                /* for the log */
+	void (*log)(int priority, const char *job, const char *text);
 	struct io_uring ring;
 } ow;
 
@@ -105,7 +107,8 @@ close_ring_fd(void)
 }
 
 bool
-outwatch_start(const char *job)
+outwatch_start(const char *job,
+	       void (*log)(int priority, const char *job, const char *text))
 {
 	struct io_uring_params params = {
 		.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
@@ -114,6 +117,7 @@ outwatch_start(const char *job)
 	const char *forced = getenv("JOBRUND_WORKER_FIONREAD");
 
 	ow.job = job;
+	ow.log = log;
 	if (forced != NULL && *forced != '\0')
 		return false;
 	if (io_uring_queue_init_params(2, &ow.ring, &params) < 0)
@@ -153,9 +157,13 @@ request_fired(void)
 static void
 give_up_ring(int err)
 {
-	syslog(LOG_NOTICE, "jobrund-worker: job %s: watching the output pipe "
-	       "through io_uring failed (%s): a FIONREAD per task from now on",
-	       ow.job ? ow.job : "?", strerror(-err));
+	char text[256];
+
+	snprintf(text, sizeof text, "worker %d: watching its output pipe "
+		 "through io_uring failed (%s): a FIONREAD per task from now on",
+		 (int)getpid(), strerror(-err));
+	if (ow.log != NULL)
+		ow.log(LOG_NOTICE, ow.job, text);
 	ow.ring_ok = false;
 	ow.armed = false;
 }

@@ -640,9 +640,14 @@ main(int argc, char **argv)
 	host_set_log_hook(log_to_daemon);
 	/* While still the daemon's user: the pipe is the daemon's, and a
 	 * job's user may not reopen it. */
-	ring = outwatch_start(job_name);
-	log_debug("jobrund-worker: job %s: output pipe watched %s", job_name,
-		  ring ? "through io_uring" : "by FIONREAD");
+	ring = outwatch_start(job_name, log_to_daemon);
+	if (log_enabled(LOG_DEBUG)) {
+		char line[128];
+
+		snprintf(line, sizeof line, "worker %d: output pipe watched %s",
+			 (int)getpid(), ring ? "through io_uring" : "by FIONREAD");
+		log_to_daemon(LOG_DEBUG, job_name, line);
+	}
 	apply_limits_and_identity(&hello);
 
 	plugin = loader_open(hello.plugin_dir, hello.plugin, err, sizeof err);

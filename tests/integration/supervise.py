@@ -7,6 +7,7 @@ scanning /proc, that nothing it started is left behind.
 
 import json
 import os
+import re
 import signal
 import subprocess
 
@@ -217,17 +218,29 @@ def test_output_capture(tap, env):
 
 
 def test_only_own_fds(tap, env):
-    cfg = env.config(job("fdj", ["fds"]))
-    rc, res, err = once(cfg)
-    fds = dict(l.split("=", 1) for l in (res[0].get("output", "") if res else "").split("\n"))
-    # The loader holds the plugin file open (that is how it dlopens
-    # exactly the file it checked); nothing else may be there.
-    own = {k: v for k, v in fds.items() if not v.endswith("/crash.so")}
-    tap.eq(sorted(own), ["0", "1", "2", "3"],
-           "a worker has only fds 0-2 and its socket (and its plugin)")
-    tap.ok(own.get("0") == "/dev/null" and own.get("3", "").startswith("socket:")
-           and own.get("1", "").startswith("pipe:"), "stdin is /dev/null, "
-           "stdout a pipe to the daemon, fd 3 the socket", fds)
+    # At log_level debug too: what the worker logs goes through the
+    # daemon, never through a syslog socket of its own.
+    for level in ("info", "debug"):
+        cfg = env.config(job("fdj", ["fds"]), name="fds-%s.conf" % level)
+        with open(cfg) as f:
+            text = f.read()
+        env.write(os.path.basename(cfg), text.replace('log_level = "info";',
+                                                      'log_level = "%s";' % level))
+        rc, res, err = once(cfg)
+        fds = dict(l.split("=", 1) for l in
+                   (res[0].get("output", "") if res else "").split("\n"))
+        # The loader holds the plugin file open (that is how it dlopens
+        # exactly the file it checked); nothing else may be there.
+        own = {k: v for k, v in fds.items() if not v.endswith("/crash.so")}
+        tap.eq(sorted(own), ["0", "1", "2", "3"],
+               "log_level %s: a worker has only fds 0-2 and its socket (and "
+               "its plugin)" % level)
+        tap.ok(own.get("0") == "/dev/null" and own.get("3", "").startswith("socket:")
+               and own.get("1", "").startswith("pipe:"), "log_level %s: stdin is "
+               "/dev/null, stdout a pipe to the daemon, fd 3 the socket" % level, fds)
+    tap.ok(re.search(r"job fdj: worker \d+: output pipe watched (through io_uring|"
+                     r"by FIONREAD)", err),
+           "at debug, the worker says how it watches its output", err[-800:])
 
 
 def fd_count(pid):

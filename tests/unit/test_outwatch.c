@@ -80,7 +80,7 @@ start_watch(void **state)
 	tap_out = dup(STDOUT_FILENO);
 	unsetenv("JOBRUND_WORKER_FIONREAD");
 	pipe_on_fd1(state);
-	outwatch_start("test");
+	outwatch_start("test", NULL);
 	return tap_on_fd1(state);
 }
 
