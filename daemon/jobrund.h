@@ -348,7 +348,6 @@ void json_write_string(FILE *fp, const char *s, size_t len);
  * failure of the ring is told to LOG (may be NULL), with JOB. */
 bool outwatch_start(const char *job,
 		    void (*log)(int priority, const char *job, const char *text));
-bool outwatch_uses_ring(void);
 /* Before a task: watch again if the last task's write used the watch up. */
 void outwatch_arm(void);
 /* After it: true when something wrote to the pipe since outwatch_arm. */

@@ -63,9 +63,10 @@
 
 #include "jobrund.h"
 
+/* While ring_ok, one poll request is in the ring: armed, or fired and
+ * not yet reaped. */
 static struct {
 	bool ring_ok;                   /* else: FIONREAD */
-	bool armed;                     /* a poll request is in the ring */
 	const char *job;                /* for the log */
 	void (*log)(int priority, const char *job, const char *text);
 	struct io_uring ring;
@@ -107,41 +108,6 @@ close_ring_fd(void)
 	return 0;
 }
 
-bool
-outwatch_start(const char *job,
-	       void (*log)(int priority, const char *job, const char *text))
-{
-	struct io_uring_params params = {
-		.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-			 IORING_SETUP_TASKRUN_FLAG,
-	};
-	const char *forced = getenv("JOBRUND_WORKER_FIONREAD");
-
-	ow.job = job;
-	ow.log = log;
-	if (forced != NULL && *forced != '\0')
-		return false;
-	if (io_uring_queue_init_params(2, &ow.ring, &params) < 0)
-		return false;
-	if (io_uring_ring_dontfork(&ow.ring) < 0 || register_pipe() == -1) {
-		io_uring_queue_exit(&ow.ring);
-		return false;
-	}
-	if (close_ring_fd() == -1) {
-		io_uring_queue_exit(&ow.ring);
-		return false;
-	}
-	ow.ring_ok = true;
-	outwatch_arm();
-	return ow.ring_ok;
-}
-
-bool
-outwatch_uses_ring(void)
-{
-	return ow.ring_ok;
-}
-
 /* The armed request has fired: its completion is posted, or will be at
  * the next io_uring_get_events. */
 static bool
@@ -166,49 +132,79 @@ give_up_ring(int err)
 	if (ow.log != NULL)
 		ow.log(LOG_NOTICE, ow.job, text);
 	ow.ring_ok = false;
-	ow.armed = false;
+}
+
+/* Arm a new poll request on the pipe. */
+static void
+submit_request(void)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ow.ring);
+	int rc;
+
+	if (sqe == NULL) {
+		give_up_ring(-EBUSY);
+		return;
+	}
+	io_uring_prep_poll_add(sqe, 0, POLLIN);
+	sqe->flags |= IOSQE_FIXED_FILE;
+	if ((rc = io_uring_submit(&ow.ring)) != 1)
+		give_up_ring(rc < 0 ? rc : -EIO);
+}
+
+bool
+outwatch_start(const char *job,
+	       void (*log)(int priority, const char *job, const char *text))
+{
+	struct io_uring_params params = {
+		.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+			 IORING_SETUP_TASKRUN_FLAG,
+	};
+	const char *forced = getenv("JOBRUND_WORKER_FIONREAD");
+
+	ow.job = job;
+	ow.log = log;
+	if (forced != NULL && *forced != '\0')
+		return false;
+	if (io_uring_queue_init_params(2, &ow.ring, &params) < 0)
+		return false;
+	if (io_uring_ring_dontfork(&ow.ring) < 0 || register_pipe() == -1 ||
+	    close_ring_fd() == -1) {
+		io_uring_queue_exit(&ow.ring);
+		return false;
+	}
+	ow.ring_ok = true;
+	submit_request();
+	return ow.ring_ok;
 }
 
 void
 outwatch_arm(void)
 {
 	struct io_uring_cqe *cqe;
-	struct io_uring_sqe *sqe;
+	bool reaped = false;
 	int rc;
 
-	if (!ow.ring_ok || (ow.armed && !request_fired()))
+	if (!ow.ring_ok || !request_fired())
 		return;
-	if (ow.armed) {
-		/* Have its completion posted, and reap it. */
-		if ((rc = io_uring_get_events(&ow.ring)) < 0) {
-			give_up_ring(rc);
-			return;
-		}
-		while (io_uring_peek_cqe(&ow.ring, &cqe) == 0) {
-			int res = cqe->res;
+	/* Have its completion posted, and reap it. */
+	if ((rc = io_uring_get_events(&ow.ring)) < 0) {
+		give_up_ring(rc);
+		return;
+	}
+	while (io_uring_peek_cqe(&ow.ring, &cqe) == 0) {
+		int res = cqe->res;
 
-			io_uring_cqe_seen(&ow.ring, cqe);
-			ow.armed = false;
-			if (res < 0) {
-				give_up_ring(res);
-				return;
-			}
-		}
-		/* Woken, but nothing to report: the kernel keeps it armed. */
-		if (ow.armed)
+		io_uring_cqe_seen(&ow.ring, cqe);
+		if (res < 0) {
+			give_up_ring(res);
 			return;
+		}
+		reaped = true;
 	}
-	if ((sqe = io_uring_get_sqe(&ow.ring)) == NULL) {
-		give_up_ring(-EBUSY);
-		return;
-	}
-	io_uring_prep_poll_add(sqe, 0, POLLIN);
-	sqe->flags |= IOSQE_FIXED_FILE;
-	if ((rc = io_uring_submit(&ow.ring)) != 1) {
-		give_up_ring(rc < 0 ? rc : -EIO);
-		return;
-	}
-	ow.armed = true;
+	/* Nothing reaped: it was woken with nothing to report, and the
+	 * kernel keeps it armed. */
+	if (reaped)
+		submit_request();
 }
 
 bool
@@ -217,6 +213,6 @@ outwatch_wrote(void)
 	int avail = 0;
 
 	if (ow.ring_ok)
-		return !ow.armed || request_fired();
+		return request_fired();
 	return ioctl(STDOUT_FILENO, FIONREAD, &avail) == -1 || avail > 0;
 }
