@@ -1522,7 +1522,7 @@ job_parse(struct cfg_ctx *ctx, config_setting_t *g, size_t index,
 	for (int k = 0; k < JR_RLIMITS; k++)
 		job->rlimit[k] = -1;
 	job->line = (int)config_setting_source_line(g);
-	job->file = xstrdup(setting_file(ctx, g));
+	job->file = setting_file(ctx, g);
 
 	/* Every message names the job: by name if it has a good one. */
 	s = config_setting_get_member(g, "name");
@@ -1565,7 +1565,6 @@ static void
 job_free(struct job_def *job)
 {
 	free(job->name);
-	free(job->file);
 	free(job->plugin_name);
 	free(job->schedule);
 	cron_free(job->cron);
@@ -1854,6 +1853,36 @@ includes_check(struct cfg_ctx *ctx, const config_setting_t *s)
 		includes_check(ctx, elem(s, i));
 }
 
+/* Hand the files' paths to the config: jobs point at them, and
+ * cfg_setting_path gives them to messages later. */
+static void
+keep_paths(struct cfg_ctx *ctx)
+{
+	struct jr_config *cfg = ctx->cfg;
+
+	cfg->paths = xcalloc(ctx->nfiles, sizeof *cfg->paths);
+	for (size_t i = 0; i < ctx->nfiles; i++) {
+		cfg->paths[i].name = ctx->files[i].name;
+		cfg->paths[i].path = ctx->files[i].path;
+		ctx->files[i].path = NULL;
+	}
+	cfg->npaths = ctx->nfiles;
+}
+
+const char *
+cfg_setting_path(const struct jr_config *cfg, const config_setting_t *s)
+{
+	const char *name = config_setting_source_file(s);
+
+	for (size_t i = 0; cfg != NULL && i < cfg->npaths; i++) {
+		const char *n = cfg->paths[i].name;
+
+		if (n == name || (n && name && strcmp(n, name) == 0))
+			return cfg->paths[i].path;
+	}
+	return name;
+}
+
 static void
 ctx_free(struct cfg_ctx *ctx)
 {
@@ -1935,7 +1964,6 @@ cfg_load(const char *file, struct errlist *errs)
 	if ((fp = cfg_open(&ctx, file)) == NULL)
 		goto fail;
 	ctx.dir = file_dir(file);
-	cfg->include_dir = xstrdup(ctx.dir);
 	config_set_include_dir(&cfg->tree, ctx.dir);
 	/* config_read, not config_read_file: settings of the main file then
 	 * have no file name, those of @include files their own. */
@@ -1982,6 +2010,7 @@ cfg_load(const char *file, struct errlist *errs)
 	for (size_t i = 0; i < cfg->njobs; i++)
 		if (cfg->jobs[i].history_keep == 0)
 			cfg->jobs[i].history_keep = cfg->history_keep;
+	keep_paths(&ctx);
 	ctx_free(&ctx);
 	prune_tree(root);
 	return cfg;
@@ -2063,7 +2092,9 @@ cfg_free(struct jr_config *cfg)
 	free(cfg->jobs);
 	config_destroy(&cfg->tree);
 	free(cfg->file);
-	free(cfg->include_dir);
+	for (size_t i = 0; i < cfg->npaths; i++)
+		free(cfg->paths[i].path);
+	free(cfg->paths);
 	free(cfg->plugin_dir);
 	free(cfg->control_socket);
 	free(cfg->state_dir);

@@ -976,7 +976,7 @@ ctl_cmd_show(struct ctl_client *c, json_t *req, const struct ucred *uc)
 		return;
 	data = ctl_job_summary(def, true);
 	d = json_object();
-	ctl_set(d, "file", ctl_jstr(daemon_config()->file));
+	ctl_set(d, "file", ctl_jstr(def->file));
 	ctl_set(d, "line", json_integer(def->line));
 	ctl_set(d, "inputs", def->has_inputs ? ctl_strings(def->inputs, def->ninputs) :
 		json_null());

@@ -50,7 +50,7 @@ host_job_init(struct jr_job *hj, const struct job_def *def,
 	memset(hj, 0, sizeof *hj);
 	hj->name = def->name;
 	hj->file = def->file;
-	hj->include_dir = cfg->include_dir;
+	hj->cfg = cfg;
 	hj->line = def->line;
 	hj->settings = def->settings;
 	hj->errs = errs;
@@ -84,17 +84,12 @@ static void
 report(jr_job *job, config_setting_t *s, const char *name, const char *msg)
 {
 	int line = s ? (int)config_setting_source_line(s) : job->line;
-	const char *file = job->file, *src = s ? config_setting_source_file(s) : NULL;
-	char *joined = NULL;
+	const char *file = s ? cfg_setting_path(job->cfg, s) : NULL;
 
-	/* A setting from an @include file: libconfig names that file as the
-	 * @include wrote it, relative to the include directory. */
-	if (src != NULL) {
-		if (src[0] != '/' && job->include_dir != NULL)
-			file = joined = xasprintf("%s/%s", job->include_dir, src);
-		else
-			file = src;
-	}
+	/* Settings read from no file (a worker's, rebuilt from their text):
+	 * the job's. */
+	if (file == NULL)
+		file = job->file;
 	job->nerrors++;
 	if (job->errs) {
 		if (file && line > 0)
@@ -107,7 +102,6 @@ report(jr_job *job, config_setting_t *s, const char *name, const char *msg)
 		log_msg(LOG_ERR, "job '%s': settings.%s: %s", job->name,
 			name ? name : "", msg);
 	}
-	free(joined);
 }
 
 static const char *

@@ -80,8 +80,8 @@ struct job_def {
 	int history_keep;               /* runs kept; the top-level default */
 	bool enabled;
 	int line;                       /* line of the job's group... */
-	char *file;                     /* ...in this file: the config or an
-					   @include */
+	const char *file;               /* ...in this file: the config or an
+					   @include (the config's paths) */
 	/* Process mode: worker limits and identity. */
 	int max_tasks_per_worker;       /* 0: unlimited */
 	uint64_t max_rss;               /* bytes; 0: unlimited */
@@ -100,10 +100,17 @@ struct job_def {
 };
 
 /* A whole configuration.  cfg_free frees everything it holds. */
+/* A file the config was read from, as libconfig names it (NULL: the
+ * main file) and by the path messages give. */
+struct cfg_path {
+	const char *name;
+	char *path;
+};
+
 struct jr_config {
 	char *file;
-	char *include_dir;              /* absolute; @include names are
-					   relative to it */
+	struct cfg_path *paths;         /* every file read */
+	size_t npaths;
 	char *plugin_dir;
 	char *control_socket;
 	char *state_dir;
@@ -238,6 +245,9 @@ const char *mode_name(enum job_mode mode);
 /* The config names of the JR_RLIMIT_* limits, and their RLIMIT_* numbers. */
 extern const char *const rlimit_names[JR_RLIMITS];
 extern const int rlimit_resources[JR_RLIMITS];
+/* The path of the file setting S was read from, for messages: one of
+ * CFG's, or NULL when S comes from no file (CFG may be NULL). */
+const char *cfg_setting_path(const struct jr_config *cfg, const config_setting_t *s);
 /* Build a standalone libconfig tree from settings text (worker side). */
 int cfg_settings_from_text(const char *text, config_t *tree, char *err, size_t errlen);
 
@@ -266,8 +276,7 @@ extern const struct jr_host host_table;
 struct jr_job {
 	const char *name;
 	const char *file;               /* the job's file; may be NULL */
-	const char *include_dir;        /* where @include names start; may
-					   be NULL */
+	const struct jr_config *cfg;    /* names settings' files; may be NULL */
 	int line;                       /* the job's line in its file */
 	config_setting_t *settings;
 	struct errlist *errs;           /* setting_error appends here; may be NULL */
