@@ -994,8 +994,9 @@ bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
 	bench_derive(b, tw, &dt);
 	bench_derive(b, pw, &dp);
 	used = strlen(buf);
-	snprintf(buf + used, len - used, "; on warm pools, as the daemon's "
-	    "later runs: %.2fx in thread mode, %.2fx in process mode",
+	snprintf(buf + used, len - used, "; on warm pools, as %s: %.2fx in "
+	    "thread mode, %.2fx in process mode", b->job->prestart ?
+	    "every run of this job (prestart)" : "the daemon's later runs",
 	    dt.speedup, dp.speedup);
 }
 
@@ -1326,6 +1327,10 @@ bench_main(const char *file, const char *jobname, const char *workers,
 		return 1;
 	}
 	errlist_free(&errs);
+	/* A prestarted job's runs never wait for a pool to start: the warm
+	 * runs are the ones that speak for it. */
+	if (b.job->prestart)
+		b.nruns = BENCH_NKINDS;
 
 	b.workers = workers != NULL ? (int)n : b.job->workers;
 	b.thread_safe = (loader_descriptor(b.job->plugin)->flags &

@@ -1125,6 +1125,12 @@ job_enabled(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
 	get_bool(ctx, s, "enabled", &job->enabled);
 }
 
+static void
+job_prestart(struct cfg_ctx *ctx, config_setting_t *s, struct job_def *job)
+{
+	get_bool(ctx, s, "prestart", &job->prestart);
+}
+
 /* Report integer literals beyond 64 bits in settings: plugins read the
  * tree and could not tell. */
 static void
@@ -1486,6 +1492,7 @@ static const struct job_key {
 	{ "catchup", job_catchup },
 	{ "history_keep", job_history_keep },
 	{ "enabled", job_enabled },
+	{ "prestart", job_prestart },
 	{ "settings", job_settings },
 	{ "max_tasks_per_worker", job_max_tasks },
 	{ "max_rss", job_max_rss },

@@ -984,6 +984,7 @@ ctl_cmd_show(struct ctl_client *c, json_t *req, const struct ucred *uc)
 	ctl_set(d, "kill_grace_s", json_real(def->kill_grace_s));
 	ctl_set(d, "overlap", json_string(ctl_overlap_name(def->overlap)));
 	ctl_set(d, "retries", json_integer(def->retries));
+	ctl_set(d, "prestart", json_boolean(def->prestart));
 	ctl_set(d, "max_tasks_per_worker", json_integer(def->max_tasks_per_worker));
 	ctl_set(d, "max_rss", json_integer((json_int_t)def->max_rss));
 	limits = json_object();

@@ -513,8 +513,9 @@ print_show(json_t *data)
 	       jstr(def, "file"), jint(def, "line"));
 	table_init(&t, 2);
 	table_add(&t, "plugin", jstr(data, "plugin"));
-	snprintf(buf, sizeof buf, "%s, %" JSON_INTEGER_FORMAT " worker%s", jstr(data, "mode"),
-		 jint(data, "workers"), jint(data, "workers") == 1 ? "" : "s");
+	snprintf(buf, sizeof buf, "%s, %" JSON_INTEGER_FORMAT " worker%s%s", jstr(data, "mode"),
+		 jint(data, "workers"), jint(data, "workers") == 1 ? "" : "s",
+		 json_is_true(json_object_get(def, "prestart")) ? ", prestarted" : "");
 	table_add(&t, "mode", buf);
 	fmt_relative(rel, sizeof rel, json_object_get(data, "next_run"));
 	snprintf(buf, sizeof buf, "%s%s%s", jstr(data, "schedule"),

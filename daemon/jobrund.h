@@ -79,6 +79,7 @@ struct job_def {
 	enum catchup_policy catchup;    /* cron */
 	int history_keep;               /* runs kept; the top-level default */
 	bool enabled;
+	bool prestart;                  /* start the pool at load, keep it full */
 	int line;                       /* line of the job's group... */
 	const char *file;               /* ...in this file: the config or an
 					   @include (the config's paths) */
@@ -638,6 +639,9 @@ void run_unobserve(const struct run_observer *obs);
 
 /* A job's runtime: its executor and runs.  DEF must outlive it. */
 struct jobrt *jobrt_new(struct job_def *def, const struct jr_config *cfg);
+/* Start its pool now rather than at its first run, and keep it full:
+ * the job's `prestart` (the daemon calls it; --once and --bench do not). */
+void jobrt_prestart(struct jobrt *rt);
 /* Cancel its runs, stop its executor; freed once its runs have ended
  * (immediately when idle).  NOW (shutdown): process workers get SIGTERM
  * at once and SIGKILL after shutdown_grace, instead of a polite cancel. */
@@ -693,6 +697,8 @@ void tpool_shutdown(void);
 struct tpool *tpool_new(struct job_def *def, const struct jr_config *cfg,
 			char *err, size_t errlen);
 void tpool_submit(struct tpool *tp, struct task *task);
+/* Start all its threads now, not as tasks arrive (`prestart`). */
+void tpool_prestart(struct tpool *tp);
 /* Queue the N tasks of the array TASKS at once (one lock, one wake-up):
  * consecutive tasks of ONE run (a cancel takes a queued span whole). */
 void tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n);
@@ -726,6 +732,9 @@ void tpool_foreach_thread(struct tpool *tp,
 struct sup_pool;
 struct sup_pool *sup_new(struct job_def *def, const struct jr_config *cfg);
 void sup_submit(struct sup_pool *sp, struct task *task);
+/* Start its `workers` worker processes now, and from now on replace any
+ * that exits while the pool is not stopping (`prestart`). */
+void sup_prestart(struct sup_pool *sp);
 /* Cancel TASK: queued, it ends at once; running, the worker is asked to
  * stop it, then SIGTERM and SIGKILL follow kill_grace apart.  NOW: SIGTERM
  * at once, SIGKILL after the config's shutdown_grace. */

@@ -157,6 +157,17 @@ jobrt_new(struct job_def *def, const struct jr_config *cfg)
 	return rt;
 }
 
+/* Start RT's pool now, not at its first run, and keep it full (the
+ * job's `prestart`). */
+void
+jobrt_prestart(struct jobrt *rt)
+{
+	if (rt->tpool)
+		tpool_prestart(rt->tpool);
+	else if (rt->sup)
+		sup_prestart(rt->sup);
+}
+
 struct job_def *
 jobrt_def(const struct jobrt *rt)
 {

@@ -327,6 +327,8 @@ entry_rt(struct sched_job *e)
 		return e->rt;
 	e->rt = jobrt_new(e->def, e->cfg);
 	jobrt_set_owner(e->rt, e);
+	if (e->def->prestart && e->def->enabled)
+		jobrt_prestart(e->rt);
 	if (s.rt_made)
 		s.rt_made(e->cfg);
 	/* Run numbers go on from the history and from older runtimes. */
@@ -752,6 +754,7 @@ def_same(const struct job_def *a, const struct jr_config *ca,
 	    a->retries == b->retries && a->retry_delay_s == b->retry_delay_s &&
 	    a->retry_max_delay_s == b->retry_max_delay_s && a->catchup == b->catchup &&
 	    a->history_keep == b->history_keep && a->enabled == b->enabled &&
+	    a->prestart == b->prestart &&
 	    a->max_tasks_per_worker == b->max_tasks_per_worker &&
 	    a->max_rss == b->max_rss &&
 	    memcmp(a->rlimit, b->rlimit, sizeof a->rlimit) == 0 &&

@@ -3,7 +3,9 @@
  *
  * Each process-mode job has a pool of up to `workers` worker processes,
  * started on demand from the main thread with posix_spawn (the daemon has
- * threads, so it must exec, never plain fork), each:
+ * threads, so it must exec, never plain fork) -- or, with `prestart`, all
+ * at once when the daemon takes the job up, and replaced whenever one
+ * exits, so that no run waits for a start -- each:
  *   - in its own process group, so a kill reaches whatever it started;
  *   - with an empty signal mask and default dispositions (the daemon
  *     blocks the signals its signalfd reads, and children must not);
@@ -196,6 +198,9 @@ struct sup_pool {
 	int startup_failures;           /* consecutive deaths before READY */
 	double next_spawn;              /* mono_now() time */
 	bool shortage_logged;           /* "cannot start more workers" said */
+	bool prestart;                  /* keep `workers` started (sup_prestart)... */
+	bool prestart_held;             /* ...except after a worker could not
+					   start, until one is READY again */
 	int batch;                      /* tasks per TASKS frame now */
 	double task_s;                  /* recent mean wall time of a task */
 	bool dispatching;
@@ -1195,6 +1200,7 @@ handle_frame(struct worker *w, uint8_t type, const uint8_t *p, size_t len,
 		w->state = W_READY;
 		disarm_deadline(w);
 		sp->startup_failures = 0;
+		sp->prestart_held = false;
 		log_debug("job %s: worker %d ready", sp->def->name, (int)w->pid);
 		return;
 	}
@@ -1596,6 +1602,25 @@ fail:
 	return -1;
 }
 
+/* Is SP to be kept at its full size, work or not? */
+static bool
+keep_full(const struct sup_pool *sp)
+{
+	return sp->prestart && !sp->prestart_held;
+}
+
+/* A worker could not start: keeping the pool full would only fail
+ * again and again, so stop until a run gets one started (READY). */
+static void
+hold_prestart(struct sup_pool *sp)
+{
+	if (!keep_full(sp))
+		return;
+	sp->prestart_held = true;
+	log_msg(LOG_WARNING, "job %s: prestart suspended until a worker starts "
+		"(the next run tries again)", sp->def->name);
+}
+
 static void
 spawn_timer_fired(void *arg)
 {
@@ -1741,7 +1766,7 @@ steal(struct sup_pool *sp, double now)
 static void
 spawn_more(struct sup_pool *sp)
 {
-	while (sp->nqueued > 0) {
+	while (sp->nqueued > 0 || keep_full(sp)) {
 		/* Retiring workers (stopping) no longer count: their
 		 * replacements may start while they exit. */
 		int starting = 0, serving = 0;
@@ -1751,7 +1776,7 @@ spawn_more(struct sup_pool *sp)
 		}
 		if (sp->stopping || serving >= sp->def->workers)
 			return;
-		if ((size_t)starting >= sp->nqueued)
+		if ((size_t)starting >= sp->nqueued && !keep_full(sp))
 			return;
 		double now = mono_now();
 		if (now < sp->next_spawn) {
@@ -1781,6 +1806,7 @@ spawn_more(struct sup_pool *sp)
 					      sup_worker_path(), strerror(err));
 			fail_queue(sp, why);
 			free(why);
+			hold_prestart(sp);
 			return;
 		}
 		sp->shortage_logged = false;
@@ -1987,8 +2013,8 @@ worker_gone(struct worker *w, const siginfo_t *si)
 			sp->def->name, (int)w->pid, how, w->fail_msg ? ": " : "",
 			w->fail_msg ? w->fail_msg : "");
 	else if (!w->stopping && !sp->stopping)
-		log_msg(LOG_NOTICE, "job %s: idle worker %d %s", sp->def->name,
-			(int)w->pid, how);
+		log_msg(LOG_NOTICE, "job %s: idle worker %d %s%s", sp->def->name,
+			(int)w->pid, how, keep_full(sp) ? ": replacing it (prestart)" : "");
 	else
 		log_debug("job %s: worker %d %s", sp->def->name, (int)w->pid, how);
 	while (w->rlen > 0) {
@@ -2017,8 +2043,11 @@ worker_gone(struct worker *w, const siginfo_t *si)
 		lost_tail = &s.task->next;
 	}
 
-	/* An unplanned death delays the next spawn, doubling each time. */
-	if (!w->stopping && !sp->stopping && (ran || w->state == W_STARTING)) {
+	/* An unplanned death delays the next spawn, doubling each time: a
+	 * kept-full pool's idle one too, lest a worker that dies idle (a
+	 * plugin thread's crash) be replaced in a tight loop. */
+	if (!w->stopping && !sp->stopping &&
+	    (ran || w->state == W_STARTING || keep_full(sp))) {
 		double delay = RESPAWN_DELAY_MIN;
 		for (int i = 0; i < sp->failures && delay < RESPAWN_DELAY_MAX; i++)
 			delay *= 2;
@@ -2037,6 +2066,7 @@ worker_gone(struct worker *w, const siginfo_t *si)
 			fail_queue(sp, why);
 			free(why);
 			sp->startup_failures = 0;
+			hold_prestart(sp);
 		}
 	}
 	if (requeued && sp->stopping)
@@ -2071,6 +2101,13 @@ worker_gone(struct worker *w, const siginfo_t *si)
 		t->next = NULL;
 		run_task_done(t);
 	}
+}
+
+void
+sup_prestart(struct sup_pool *sp)
+{
+	sp->prestart = true;
+	dispatch(sp);
 }
 
 void

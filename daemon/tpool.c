@@ -615,15 +615,12 @@ tpool_new(struct job_def *def, const struct jr_config *cfg, char *err, size_t er
 	return tp;
 }
 
-/* Start threads for queued work that no free thread will take, up to
- * the pool's size (tp->lock held).  Threads inherit the main thread's
- * mask, which blocks the signals the signalfd reads: they never take a
- * signal. */
+/* Start up to WANTED more threads, up to the pool's size (tp->lock
+ * held).  Threads inherit the main thread's mask, which blocks the
+ * signals the signalfd reads: they never take a signal. */
 static void
-start_threads(struct tpool *tp)
+start_threads(struct tpool *tp, size_t wanted)
 {
-	size_t wanted = tp->nqueued > (size_t)tp->nidle ? tp->nqueued - (size_t)tp->nidle : 0;
-
 	while (wanted-- > 0 && tp->nstarted < tp->nthreads) {
 		struct tthread *th = &tp->threads[tp->nstarted];
 		int rc = pthread_create(&th->th, NULL, thread_main, th);
@@ -725,7 +722,9 @@ tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n)
 		tp->tail = sp;
 		tp->nqueued += n;
 		sp = NULL;
-		start_threads(tp);
+		/* Threads for what no free thread will take. */
+		start_threads(tp, tp->nqueued > (size_t)tp->nidle ?
+			      tp->nqueued - (size_t)tp->nidle : 0);
 		if (tp->nstarted == 0) {
 			/* No thread to run them: they fail below.  Only
 			 * these can be queued (earlier ones failed too). */
@@ -771,6 +770,14 @@ tpool_submit_many(struct tpool *tp, struct task *tasks, size_t n)
 			every = 0.5;
 		tp->watch = loop_timer_add(every, every, stuck_watch, tp);
 	}
+}
+
+void
+tpool_prestart(struct tpool *tp)
+{
+	pthread_mutex_lock(&tp->lock);
+	start_threads(tp, (size_t)tp->nthreads);
+	pthread_mutex_unlock(&tp->lock);
 }
 
 void

@@ -269,6 +269,27 @@ def test_warm_table(tap, env):
     no_workers_left(tap, "bad")
 
 
+def test_prestart_implies_warm(tap, env):
+    """A prestarted job's runs never start a pool: its bench measures the
+    warm runs without being asked, and the advice quotes them as its
+    runs'."""
+    cfg = env.config(job("pre", "square", "process", 2,
+                         [str(i) for i in range(10)])[:-1] +
+                     " prestart = true; }")
+    rc, out, err = bench(cfg, "pre", "--json")
+    tap.ok(rc == 0, "--bench on a prestarted job exits 0", err)
+    doc = json.loads(out) if rc == 0 else {}
+    tap.eq([(r.get("mode"), r.get("pool")) for r in doc.get("runs", [])],
+           [("sequential", "none"), ("thread", "cold"), ("process", "cold"),
+            ("thread", "warm"), ("process", "warm")],
+           "the warm runs come without --warm")
+    tap.ok("as every run of this job (prestart)" in
+           doc.get("recommendation", {}).get("text", ""),
+           "the advice quotes the warm speed-ups as what the job's runs see",
+           doc.get("recommendation"))
+    no_workers_left(tap, "pre")
+
+
 def test_warm_signal(tap, env):
     """SIGINT while the warm process run's workers are up: the bench stops,
     prints what it has, exits 3, and leaves no worker."""
@@ -304,4 +325,5 @@ def test_warm_signal(tap, env):
 
 
 main([test_table, test_json, test_usage_errors, test_not_thread_safe,
-      test_failed_tasks, test_warm_json, test_warm_table, test_warm_signal])
+      test_failed_tasks, test_warm_json, test_warm_table, test_prestart_implies_warm,
+      test_warm_signal])

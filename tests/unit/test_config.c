@@ -149,7 +149,7 @@ test_full(void **state)
 	    "    kill_grace = 2.5;\n"
 	    "    overlap = \"queue\";\n"
 	    "    retries = 3;\n"
-	    "    enabled = false;\n"
+	    "    enabled = false; prestart = true;\n"
 	    "    settings = { n = 3; s = \"x\"; };\n"
 	    "  },\n"
 	    "  {\n"                                         /* line 24 */
@@ -203,6 +203,7 @@ test_full(void **state)
 	assert_int_equal(j->overlap, OVERLAP_QUEUE);
 	assert_int_equal(j->retries, 3);
 	assert_false(j->enabled);
+	assert_true(j->prestart);
 	assert_int_equal(j->line, 10);
 	assert_non_null(j->settings);
 	assert_int_equal(config_setting_length(j->settings), 2);
@@ -224,6 +225,7 @@ test_full(void **state)
 	assert_true(j->kill_grace_s == 0.5);
 	assert_int_equal(j->overlap, OVERLAP_REPLACE);
 	assert_true(j->enabled);
+	assert_false(j->prestart);                      /* the default */
 	assert_int_equal(j->line, 24);
 	assert_null(j->settings);
 	assert_null(j->settings_text);
@@ -359,7 +361,7 @@ test_wrong_types(void **state)
 	    "jobs = (\n"
 	    "  { name = \"x\"; plugin = \"p\"; mode = \"thread\";\n"
 	    "    workers = \"2\";\n"                       /* line 6 */
-	    "    enabled = 1;\n"
+	    "    enabled = 1; prestart = \"yes\";\n"
 	    "    retries = 1.5;\n"
 	    "    settings = [ 1 ];\n"
 	    "    inputs = \"abc\";\n"                      /* line 10 */
@@ -373,13 +375,14 @@ test_wrong_types(void **state)
 	expect_error(&errs, 3, "shutdown_grace: expected a duration");
 	expect_error(&errs, 6, "job 'x': workers: expected an integer, got a string");
 	expect_error(&errs, 7, "job 'x': enabled: expected a boolean (true or false), got an integer");
+	expect_error(&errs, 7, "job 'x': prestart: expected a boolean (true or false), got a string");
 	expect_error(&errs, 8, "job 'x': retries: expected an integer, got a number");
 	expect_error(&errs, 9, "job 'x': settings: expected a group");
 	expect_error(&errs, 10, "job 'x': inputs: expected an array");
 	expect_error(&errs, 11, "job 'x': timeout: expected a duration");
 	expect_error(&errs, 13, "jobs[1]: expected a group");
 	expect_error(&errs, 14, "job #3: name: expected a string, got an integer");
-	assert_int_equal(errs.n, 11);
+	assert_int_equal(errs.n, 12);
 	errlist_free(&errs);
 
 	expect_only_error("jobs = { name = \"a\"; };\n", 1,

@@ -1,0 +1,163 @@
+"""A job's `prestart`: its pool starts when the daemon takes the job up,
+not at its first run, stays full (a worker that exits between runs is
+replaced), serves the runs, follows a reload, and stops trying when a
+worker cannot start.
+
+Runs the real daemon and talks to it with the real jobrunctl.
+"""
+
+import json
+import os
+import signal
+
+from jrtest import BUILDDIR, Daemon, main, run, wait_for
+
+JOBRUNCTL = os.path.join(BUILDDIR, "jobrunctl")
+
+
+def job(name, mode="process", extra="", workers=2):
+    """A @manual job of 4 tasks: in process mode, each answers its
+    worker's pid (the crash test plugin, which runs only in processes)."""
+    plugin, inputs = (("crash", '"pid", "pid", "pid", "pid"') if mode == "process"
+                      else ("square", "1, 2, 3, 4"))
+    return ('{ name = "%s"; plugin = "%s"; mode = "%s"; workers = %d; '
+            'schedule = "@manual"; inputs = [ %s ]; %s }'
+            % (name, plugin, mode, workers, inputs, extra))
+
+
+def ctl(env, *args):
+    return run([JOBRUNCTL, "-s", env.socket] + list(args))
+
+
+def workers(env, name):
+    """jobrunctl --json workers NAME: its list, or None when it fails."""
+    rc, out, err = ctl(env, "--json", "workers", name)
+    return json.loads(out)["workers"] if rc == 0 else None
+
+
+def full_and_idle(env, name, n=2):
+    """NAME's pool has N workers, all idle; returns their pids."""
+    ws = workers(env, name) or []
+    ok = len(ws) == n and all(w["state"] == "idle" for w in ws)
+    return sorted(w["pid"] for w in ws) if ok else None
+
+
+def results(env, name):
+    rc, out, err = ctl(env, "--json", "run", name, "--wait")
+    return rc, [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def start(tap, env, cfg):
+    d = Daemon(env, cfg)
+    tap.ok(d.wait_log("jobs? active") and wait_for(lambda: ctl(env, "version")[0] == 0),
+           "the daemon is up", d.log()[-5:])
+    return d
+
+
+def test_process_pool_prestarted(tap, env):
+    cfg = env.config(",\n".join([job("pre", extra="prestart = true;"),
+                                 job("lazy"),
+                                 job("off", extra="prestart = true; enabled = false;")]))
+    d = start(tap, env, cfg)
+    pids = wait_for(lambda: full_and_idle(env, "pre"))
+    tap.ok(pids, "the prestarted job has its 2 workers, idle, before any run",
+           workers(env, "pre"))
+    # Every job is taken up at start-up before the loop serves anyone:
+    # what the others have now, they had from the start.
+    tap.eq(workers(env, "lazy"), [],
+           "a job without prestart has none until its first run")
+    tap.eq(workers(env, "off"), [], "nor has a disabled one")
+    rc, out, err = ctl(env, "show", "pre")
+    tap.ok(rc == 0 and "process, 2 workers, prestarted" in out,
+           "jobrunctl show says the pool is prestarted", out)
+    rc, out, err = ctl(env, "--json", "show", "pre")
+    tap.ok(rc == 0 and json.loads(out)["definition"]["prestart"] is True and
+           json.loads(ctl(env, "--json", "show", "lazy")[1])["definition"]
+           ["prestart"] is False, "and so does its JSON", out)
+
+    rc, res = results(env, "pre")
+    served = sorted({int(r["output"]) for r in res})
+    tap.ok(rc == 0 and len(res) == 4 and all(r["status"] == "ok" for r in res),
+           "a run on the prestarted pool succeeds", res)
+    tap.ok(pids and served and set(served) <= set(pids),
+           "its tasks ran in the workers started before it", (pids, served))
+    tap.eq(d.count(r"job pre: idle worker"), 0, "no worker was replaced")
+
+    # Killed between runs: replaced at once, as supervisord would.
+    victim = pids[0] if pids else 0
+    if victim:
+        os.kill(victim, signal.SIGKILL)
+    again = wait_for(lambda: (lambda p: p if p and victim not in p else None)(
+        full_and_idle(env, "pre")))
+    tap.ok(again, "a worker killed between runs is replaced: 2 again, the "
+           "killed one gone", workers(env, "pre"))
+    tap.ok(d.wait_log(r"job pre: idle worker %d killed by SIGKILL: replacing "
+                      r"it \(prestart\)" % victim),
+           "the log says it was killed and is replaced", d.log()[-5:])
+    rc, res = results(env, "pre")
+    tap.ok(rc == 0 and again and {int(r["output"]) for r in res} <= set(again),
+           "the next run uses the replacement pool", (again, res))
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+    tap.ok(pids and again and not any(os.path.exists("/proc/%d" % p)
+                                      for p in set(pids) | set(again)),
+           "no prestarted worker outlives the daemon")
+
+
+def test_reload_turns_it_on(tap, env):
+    cfg = env.config(job("rl"))
+    d = start(tap, env, cfg)
+    tap.eq(workers(env, "rl"), [], "without prestart: no worker")
+    env.config(job("rl", extra="prestart = true;"))
+    d.signal(signal.SIGHUP)
+    tap.ok(wait_for(lambda: full_and_idle(env, "rl")),
+           "prestart = true by a reload: the pool starts", workers(env, "rl"))
+    env.config(job("rl", extra="prestart = false;"))
+    d.signal(signal.SIGHUP)
+    tap.ok(wait_for(lambda: workers(env, "rl") == []),
+           "and off again: the old pool's workers go, none replace them",
+           workers(env, "rl"))
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+def test_thread_pool_prestarted(tap, env):
+    cfg = env.config(",\n".join([job("tpre", "thread", "prestart = true;"),
+                                 job("tlazy", "thread")]))
+    d = start(tap, env, cfg)
+    tap.ok(wait_for(lambda: (lambda ws: len(ws) == 2 and
+                             all(w["tid"] for w in ws))(workers(env, "tpre") or [])),
+           "a prestarted thread pool has its 2 threads running before any run",
+           workers(env, "tpre"))
+    tap.eq(workers(env, "tlazy"), [],
+           "a thread pool without prestart has started none")
+    rc, res = results(env, "tpre")
+    tap.ok(rc == 0 and len(res) == 4 and all(r["status"] == "ok" for r in res),
+           "a run on it succeeds", res)
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+def test_worker_cannot_start(tap, env):
+    # 4 descriptors: 0-3 are the worker's own, so opening the plugin fails.
+    cfg = env.config(job("nofd", extra="prestart = true; "
+                         "rlimits = { nofile = 4; };", workers=1))
+    d = start(tap, env, cfg)
+    tap.ok(d.wait_log(r"job nofd: prestart suspended until a worker starts"),
+           "a worker that cannot start suspends prestart, and says so",
+           d.log()[-5:])
+    tap.eq(d.count(r"job nofd: worker \d+ cannot start"), 1,
+           "after one try, not in a loop")
+    rc, res = results(env, "nofd")
+    tap.ok(rc == 3 and len(res) == 4 and
+           all(r["status"] == "failed" and "worker could not start" in r["error"]
+               for r in res),
+           "the next run tries again and reports why its tasks failed", res)
+    tap.eq(d.count(r"job nofd: worker \d+ cannot start"), 2,
+           "one more try, for the run, and still no loop")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+main([test_process_pool_prestarted, test_reload_turns_it_on,
+      test_thread_pool_prestarted, test_worker_cannot_start])
