@@ -850,15 +850,15 @@ bench_fmt_kib(long kib, char *buf, size_t len)
 	return buf;
 }
 
-/* The recommendation and its reason, in one line, from the cold runs;
- * *MODE and *WORKLOAD get short names for the JSON. */
+/* The recommendation and its reason, in one line, from the thread run
+ * TH and the process run PR; *MODE and *WORKLOAD get short names for the
+ * JSON. */
 static void
-bench_advise_cold(const struct bench *b, char *buf, size_t len,
-    const char **mode, const char **workload, double *ratio)
+bench_advise_from(const struct bench *b, const struct bench_run *th,
+    const struct bench_run *pr, char *buf, size_t len, const char **mode,
+    const char **workload, double *ratio)
 {
 	const struct bench_run *seq = &b->runs[BENCH_SEQ];
-	const struct bench_run *th = &b->runs[BENCH_THREAD];
-	const struct bench_run *pr = &b->runs[BENCH_PROCESS];
 	struct bench_derived ds, dt, dp;
 	char t1[32], t2[32], t3[32], m1[96];
 	const char *kind;
@@ -975,28 +975,37 @@ bench_advise_cold(const struct bench *b, char *buf, size_t len,
 	    bench_fmt_time(dp.overhead, t2, sizeof t2), cost * 100, m1);
 }
 
-/* The same, with the warm runs' speed-ups after it when there are: how
- * much of a difference was the pools' start-up, which the daemon pays on
- * a job's first run only. */
+/* The recommendation from the cold runs, with the warm runs' speed-ups
+ * after it when there are: how much of a difference was the pools'
+ * start-up, which the daemon pays on a job's first run only.  A
+ * prestarted job's runs never pay it: its advice comes from the warm
+ * runs. */
 static void
 bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
     const char **workload, double *ratio)
 {
 	const struct bench_run *tw = &b->runs[BENCH_THREAD_WARM];
 	const struct bench_run *pw = &b->runs[BENCH_PROCESS_WARM];
+	bool warm = b->nruns > BENCH_COLD_RUNS && tw->complete && pw->complete;
 	struct bench_derived dt, dp;
 	size_t used;
 
-	bench_advise_cold(b, buf, len, mode, workload, ratio);
-	if (b->nruns <= BENCH_COLD_RUNS || strcmp(*mode, "none") == 0 ||
-	    !tw->complete || !pw->complete)
+	if (warm && b->job->prestart) {
+		bench_advise_from(b, tw, pw, buf, len, mode, workload, ratio);
+		used = strlen(buf);
+		snprintf(buf + used, len - used, "; from the warm runs, as every "
+		    "run of this job (prestart) finds its pool");
+		return;
+	}
+	bench_advise_from(b, &b->runs[BENCH_THREAD], &b->runs[BENCH_PROCESS], buf,
+	    len, mode, workload, ratio);
+	if (!warm || strcmp(*mode, "none") == 0)
 		return;
 	bench_derive(b, tw, &dt);
 	bench_derive(b, pw, &dp);
 	used = strlen(buf);
-	snprintf(buf + used, len - used, "; on warm pools, as %s: %.2fx in "
-	    "thread mode, %.2fx in process mode", b->job->prestart ?
-	    "every run of this job (prestart)" : "the daemon's later runs",
+	snprintf(buf + used, len - used, "; on warm pools, as the daemon's later "
+	    "runs: %.2fx in thread mode, %.2fx in process mode",
 	    dt.speedup, dp.speedup);
 }
 
@@ -1104,9 +1113,9 @@ bench_print_table(const struct bench *b)
 	if (b->nruns > BENCH_COLD_RUNS)
 		printf(
 "warm           a second run on the pool the first one started, as the daemon's\n"
-"               later runs of a job find it: wall and start-up from starting that\n"
-"               run; CPU is jobrund's (getrusage SELF) plus each worker's CPU\n"
-"               clock over the run\n");
+"               later runs of a job find it (every run, with prestart): wall and\n"
+"               start-up from starting that run; CPU is jobrund's (getrusage\n"
+"               SELF) plus each worker's CPU clock over the run\n");
 }
 
 static void

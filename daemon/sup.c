@@ -82,6 +82,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/pidfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -98,6 +99,10 @@ extern char **environ;
 #define RESPAWN_DELAY_MAX 5.0
 #define STARTUP_FAILURES_MAX 5          /* then queued tasks fail */
 #define STARTUP_TIMEOUT 60.0            /* seconds to READY, then killed */
+#define SETTLED_S 1.0                   /* a worker killed older than this
+					   was not in a kill loop */
+#define PRESTART_FD_RESERVE 64          /* descriptors prestarting leaves free */
+#define DAEMON_FDS_PER_WORKER 4         /* socket, pipe, pidfd, timerfd */
 #define SOCKET_LOST_GRACE 1.0           /* a dying worker's socket closes
 					   a moment before its exit shows */
 #define BATCH_MAX 1024                  /* tasks in one TASKS frame */
@@ -170,6 +175,7 @@ struct worker {
 	bool reading;                   /* in read_socket */
 	struct loop_timer *lost_timer;  /* from that EOF to its exit */
 	char *fail_msg;                 /* from a FAIL message */
+	bool init_hung;                 /* killed for not being READY in time */
 	int tasks_done;
 	int granted;                    /* tasks given (not taken back), in all */
 	/* Output read while it held tasks, not yet counted with one. */
@@ -196,11 +202,13 @@ struct sup_pool {
 	uint64_t submitted;             /* tasks submitted, for SUBMIT_POLL */
 	int failures;                   /* consecutive worker deaths */
 	int startup_failures;           /* consecutive deaths before READY */
+	int idle_deaths;                /* kept full: deaths with no task since */
 	double next_spawn;              /* mono_now() time */
 	bool shortage_logged;           /* "cannot start more workers" said */
 	bool prestart;                  /* keep `workers` started (sup_prestart)... */
 	bool prestart_held;             /* ...except after a worker could not
 					   start, until one is READY again */
+	bool held_said;                 /* the hold logged; quiet until full */
 	int batch;                      /* tasks per TASKS frame now */
 	double task_s;                  /* recent mean wall time of a task */
 	bool dispatching;
@@ -714,6 +722,7 @@ startup_expired(struct worker *w)
 {
 	log_msg(LOG_ERR, "job %s: worker %d not ready after %gs (a plugin init that "
 		"hangs?): killing it", w->pool->def->name, (int)w->pid, STARTUP_TIMEOUT);
+	w->init_hung = true;
 	signal_group(w, SIGKILL);
 }
 
@@ -1118,6 +1127,7 @@ take_result(struct worker *w, const struct msg_result *m, struct rstats *st)
 	}
 	w->tasks_done++;
 	w->pool->failures = 0;
+	w->pool->idle_deaths = 0;
 	t->exec_priv = NULL;
 	st->n++;
 	st->wall += m->wall_s;
@@ -1609,16 +1619,42 @@ keep_full(const struct sup_pool *sp)
 	return sp->prestart && !sp->prestart_held;
 }
 
-/* A worker could not start: keeping the pool full would only fail
- * again and again, so stop until a run gets one started (READY). */
+/* Keeping SP full would only fail again and again (WHY): stop until a
+ * run gets a worker started (READY).  That run starts afresh, without
+ * the delay that the failures here have built up. */
 static void
-hold_prestart(struct sup_pool *sp)
+hold_prestart(struct sup_pool *sp, const char *why)
 {
 	if (!keep_full(sp))
 		return;
 	sp->prestart_held = true;
-	log_msg(LOG_WARNING, "job %s: prestart suspended until a worker starts "
-		"(the next run tries again)", sp->def->name);
+	sp->failures = 0;
+	sp->next_spawn = 0;
+	/* Said once, not at every run that resumes it and fails again. */
+	log_msg(sp->held_said ? LOG_DEBUG : LOG_WARNING, "job %s: prestart "
+		"suspended until a run starts a worker: %s", sp->def->name, why);
+	sp->held_said = true;
+}
+
+/* Has the daemon descriptors to spare for one more idle worker, and
+ * PRESTART_FD_RESERVE more for its work (clients, timers, runs)? */
+static bool
+fds_to_spare(void)
+{
+	struct rlimit rl;
+	rlim_t open = 0;
+	DIR *dir;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+		return false;
+	if (rl.rlim_cur == RLIM_INFINITY)
+		return true;
+	if ((dir = opendir("/proc/self/fd")) == NULL)
+		return false;
+	while (readdir(dir) != NULL)
+		open++;                 /* ".", ".." and DIR's own: a margin */
+	closedir(dir);
+	return open + DAEMON_FDS_PER_WORKER + PRESTART_FD_RESERVE <= rl.rlim_cur;
 }
 
 static void
@@ -1761,8 +1797,8 @@ steal(struct sup_pool *sp, double now)
 		hand_out(sp, now);
 }
 
-/* Start workers up to the pool size, one per queued task beyond those
- * starting. */
+/* Start workers up to the pool size: one per queued task beyond those
+ * starting, or, while the pool is kept full (prestart), all of them. */
 static void
 spawn_more(struct sup_pool *sp)
 {
@@ -1774,8 +1810,13 @@ spawn_more(struct sup_pool *sp)
 			starting += w->state == W_STARTING && !w->stopping;
 			serving += !w->stopping;
 		}
-		if (sp->stopping || serving >= sp->def->workers)
+		if (sp->stopping)
 			return;
+		if (serving >= sp->def->workers) {
+			if (keep_full(sp))
+				sp->held_said = false;
+			return;
+		}
 		if ((size_t)starting >= sp->nqueued && !keep_full(sp))
 			return;
 		double now = mono_now();
@@ -1785,10 +1826,25 @@ spawn_more(struct sup_pool *sp)
 								 spawn_timer_fired, sp);
 			return;
 		}
+		/* Only prestart wants this one: not at the cost of the
+		 * descriptors the daemon needs for its work. */
+		if (sp->nqueued == 0 && !fds_to_spare()) {
+			hold_prestart(sp, "too few descriptors left (RLIMIT_NOFILE) "
+				      "for another idle worker");
+			return;
+		}
 		if (spawn_worker(sp) == -1) {
 			int err = errno;
 			bool shortage = err == EMFILE || err == ENFILE ||
 					err == EAGAIN || err == ENOMEM;
+
+			if (sp->nqueued == 0) {
+				char *why = xasprintf("cannot start a worker (%s): %s",
+						      sup_worker_path(), strerror(err));
+				hold_prestart(sp, why);
+				free(why);
+				return;
+			}
 
 			if (shortage && serving > 0) {
 				/* Out of descriptors or processes for now: the
@@ -1805,8 +1861,8 @@ spawn_more(struct sup_pool *sp)
 			char *why = xasprintf("cannot start a worker (%s): %s",
 					      sup_worker_path(), strerror(err));
 			fail_queue(sp, why);
+			hold_prestart(sp, why);
 			free(why);
-			hold_prestart(sp);
 			return;
 		}
 		sp->shortage_logged = false;
@@ -2045,8 +2101,15 @@ worker_gone(struct worker *w, const siginfo_t *si)
 
 	/* An unplanned death delays the next spawn, doubling each time: a
 	 * kept-full pool's idle one too, lest a worker that dies idle (a
-	 * plugin thread's crash) be replaced in a tight loop. */
-	if (!w->stopping && !sp->stopping &&
+	 * plugin thread's crash) be replaced in a tight loop.  Not so a
+	 * worker without a task that someone killed (kill, jobrunctl kill)
+	 * once it had lived a while: their doing, not a loop, and not the
+	 * plugin's failure to start either. */
+	bool killed = (si->si_code == CLD_KILLED || si->si_code == CLD_DUMPED) &&
+		      is_admin_signal(si->si_status) && !w->init_hung;
+	bool settled_kill = killed && !ran && mono_now() - w->spawned >= SETTLED_S;
+
+	if (!w->stopping && !sp->stopping && !settled_kill &&
 	    (ran || w->state == W_STARTING || keep_full(sp))) {
 		double delay = RESPAWN_DELAY_MIN;
 		for (int i = 0; i < sp->failures && delay < RESPAWN_DELAY_MAX; i++)
@@ -2056,7 +2119,7 @@ worker_gone(struct worker *w, const siginfo_t *si)
 		sp->failures++;
 		sp->next_spawn = mono_now() + delay;
 	}
-	if (w->state == W_STARTING && !sp->stopping) {
+	if (w->state == W_STARTING && !w->stopping && !sp->stopping && !killed) {
 		sp->startup_failures++;
 		if (w->fail_msg || sp->startup_failures >= STARTUP_FAILURES_MAX) {
 			/* A worker that cannot load its plugin will not do
@@ -2064,10 +2127,20 @@ worker_gone(struct worker *w, const siginfo_t *si)
 			char *why = xasprintf("worker could not start: %s",
 					      w->fail_msg ? w->fail_msg : how);
 			fail_queue(sp, why);
-			free(why);
 			sp->startup_failures = 0;
-			hold_prestart(sp);
+			hold_prestart(sp, why);
+			free(why);
 		}
+	} else if (w->state == W_READY && !ran && !w->stopping && !sp->stopping &&
+		   !killed && keep_full(sp) &&
+		   ++sp->idle_deaths >= STARTUP_FAILURES_MAX) {
+		/* Workers that start, then die with nothing to do: each
+		 * replacement would only do the same. */
+		char *why = xasprintf("%d workers in a row %s idle",
+				      sp->idle_deaths, how);
+		sp->idle_deaths = 0;
+		hold_prestart(sp, why);
+		free(why);
 	}
 	if (requeued && sp->stopping)
 		fail_queue(sp, "jobrund is stopping");

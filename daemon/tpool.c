@@ -29,7 +29,8 @@
  * is never looked at.
  *
  * Threads start on demand, when tasks are queued and no thread is free
- * (up to `workers`), so a job that has not run costs no thread.
+ * (up to `workers`), so a job that has not run costs no thread -- unless
+ * it asks for them all at once (`prestart`, tpool_prestart).
  *
  * Cancellation is cooperative: the task's cancel flag (and its deadline)
  * are what the plugin sees through host->task_cancelled.  A thread cannot

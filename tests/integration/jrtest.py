@@ -238,11 +238,12 @@ def wait_for(cond, timeout=TIMEOUT, interval=0.02):
 class Daemon:
     """jobrund running in the foreground with -e; its log collected."""
 
-    def __init__(self, env, config, args=()):
+    def __init__(self, env, config, args=(), preexec_fn=None):
         self.env = env
         self.proc = subprocess.Popen([JOBRUND, "-e", "-c", config] + list(args),
                                      stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=preexec_fn)
         self.pid = self.proc.pid
         self.lines = []
         self.lock = threading.Lock()

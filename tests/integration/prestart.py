@@ -1,14 +1,17 @@
 """A job's `prestart`: its pool starts when the daemon takes the job up,
 not at its first run, stays full (a worker that exits between runs is
-replaced), serves the runs, follows a reload, and stops trying when a
-worker cannot start.
+replaced: at once when someone killed it), serves the runs, follows a
+reload, and stops trying when workers cannot start, die idle in a loop,
+or would take the descriptors the daemon needs.
 
 Runs the real daemon and talks to it with the real jobrunctl.
 """
 
 import json
 import os
+import resource
 import signal
+import time
 
 from jrtest import BUILDDIR, Daemon, main, run, wait_for
 
@@ -47,6 +50,13 @@ def results(env, name):
     return rc, [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def suspended(tap, d, name, why, what):
+    """Wait for the log to say that NAME's prestart was suspended, for
+    WHY (a regular expression); WHAT names the check."""
+    tap.ok(d.wait_log(r"job %s: prestart suspended until a run starts a "
+                      r"worker: %s" % (name, why)), what, d.log()[-8:])
+
+
 def start(tap, env, cfg):
     d = Daemon(env, cfg)
     tap.ok(d.wait_log("jobs? active") and wait_for(lambda: ctl(env, "version")[0] == 0),
@@ -83,7 +93,7 @@ def test_process_pool_prestarted(tap, env):
            "its tasks ran in the workers started before it", (pids, served))
     tap.eq(d.count(r"job pre: idle worker"), 0, "no worker was replaced")
 
-    # Killed between runs: replaced at once, as supervisord would.
+    # Killed between runs: replaced, as supervisord would.
     victim = pids[0] if pids else 0
     if victim:
         os.kill(victim, signal.SIGKILL)
@@ -138,16 +148,24 @@ def test_thread_pool_prestarted(tap, env):
     tap.eq(d.wait_exit(), 0, "clean exit")
 
 
+def start_one_worker(tap, env, name, extra, why, tries):
+    """Start the daemon with NAME, a prestarted job of 1 worker with
+    EXTRA; wait for its prestart to be suspended for WHY, and check that
+    it was after TRIES tries (log lines matching TRIES[0]: TRIES[1])."""
+    d = start(tap, env, env.config(job(name, extra="prestart = true; " + extra,
+                                       workers=1)))
+    suspended(tap, d, name, why, "job %s: prestart is suspended, and the log "
+              "says why" % name)
+    tap.eq(d.count(tries[0]), tries[1], "job %s: after %d tries, not in a loop"
+           % (name, tries[1]))
+    return d
+
+
 def test_worker_cannot_start(tap, env):
     # 4 descriptors: 0-3 are the worker's own, so opening the plugin fails.
-    cfg = env.config(job("nofd", extra="prestart = true; "
-                         "rlimits = { nofile = 4; };", workers=1))
-    d = start(tap, env, cfg)
-    tap.ok(d.wait_log(r"job nofd: prestart suspended until a worker starts"),
-           "a worker that cannot start suspends prestart, and says so",
-           d.log()[-5:])
-    tap.eq(d.count(r"job nofd: worker \d+ cannot start"), 1,
-           "after one try, not in a loop")
+    d = start_one_worker(tap, env, "nofd", "rlimits = { nofile = 4; };",
+                         "worker could not start: cannot load",
+                         (r"job nofd: worker \d+ cannot start", 1))
     rc, res = results(env, "nofd")
     tap.ok(rc == 3 and len(res) == 4 and
            all(r["status"] == "failed" and "worker could not start" in r["error"]
@@ -159,5 +177,74 @@ def test_worker_cannot_start(tap, env):
     tap.eq(d.wait_exit(), 0, "clean exit")
 
 
+def age(pid):
+    """Seconds since PID started (from /proc/PID/stat), or 0."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            start = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return up - start / os.sysconf("SC_CLK_TCK")
+
+
+def test_kill_refills_at_once(tap, env):
+    """jobrunctl kill of an idle pool that has been up a while is the
+    admin's doing, not a crash loop: all 8 come back without the crash
+    delay (which for 8 deaths would be 5 s)."""
+    cfg = env.config(job("k8", extra="prestart = true;", workers=8))
+    d = start(tap, env, cfg)
+    pids = wait_for(lambda: full_and_idle(env, "k8", 8))
+    tap.ok(pids and wait_for(lambda: min(age(p) for p in pids) > 1.5),
+           "8 idle workers, up for over a second", workers(env, "k8"))
+    rc, out, err = ctl(env, "kill", "k8", "-KILL")
+    tap.eq(rc, 0, "jobrunctl kill k8 -KILL", )
+    t0 = time.monotonic()
+    again = wait_for(lambda: (lambda p: p if p and not set(p) & set(pids or [])
+                              else None)(full_and_idle(env, "k8", 8)), timeout=3)
+    tap.ok(again, "all 8 replaced within 3 s (%.2f s)" % (time.monotonic() - t0),
+           workers(env, "k8"))
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+def test_idle_crash_loop_suspends(tap, env):
+    """Workers that start and then die with nothing to do are not
+    replaced for ever: after 5 in a row, prestart is suspended."""
+    d = start_one_worker(tap, env, "loop", "settings = { die_idle_ms = 20; };",
+                         "5 workers in a row killed by SIGSEGV idle",
+                         (r"job loop: idle worker \d+ killed by SIGSEGV", 5))
+    tap.ok(wait_for(lambda: workers(env, "loop") == []),
+           "and none is started again", workers(env, "loop"))
+    tap.eq(d.count(r"job loop: idle worker \d+ killed by SIGSEGV"), 5,
+           "still 5 once the pool is empty")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+def test_descriptors_kept_for_work(tap, env):
+    """Prestarting stops short of the descriptor limit: the daemon keeps
+    enough for its clients and runs (each idle worker holds 4)."""
+    cfg = env.config(",\n".join([job("many", extra="prestart = true;",
+                                      workers=40),
+                                  job("other", workers=1)]))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    d = Daemon(env, cfg, preexec_fn=lambda: resource.setrlimit(
+        resource.RLIMIT_NOFILE, (128, hard)))
+    suspended(tap, d, "many", "too few descriptors left",
+              "with 128 descriptors, prestarting 40 workers stops short, "
+              "and says why")
+    n = len(workers(env, "many") or [])
+    tap.ok(10 <= n < 40, "some workers started, not all 40 (%d)" % n)
+    rc, res = results(env, "other")
+    tap.ok(rc == 0 and len(res) == 4 and all(r["status"] == "ok" for r in res),
+           "another job's run still gets its worker and succeeds", res)
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
 main([test_process_pool_prestarted, test_reload_turns_it_on,
-      test_thread_pool_prestarted, test_worker_cannot_start])
+      test_thread_pool_prestarted, test_worker_cannot_start,
+      test_kill_refills_at_once, test_idle_crash_loop_suspends,
+      test_descriptors_kept_for_work])

@@ -28,6 +28,10 @@
  * run_seq (as if between tasks) until jobrund moves the claim word's
  * next (a grant past ids it took back), then puts it back and hangs
  * (SIGTERM ends it).  Not thread-safe: it is meant for process mode.
+ *
+ * One setting: `die_idle_ms`, and a worker (not the daemon, which runs
+ * init only to check settings) dies of SIGSEGV that long after its init,
+ * task or not: a plugin whose own thread crashes.
  */
 #include "config.h"
 
@@ -391,9 +395,47 @@ crash_run(const struct jr_host *host, void *state, jr_task *task)
 	return host->task_output(task, in, strlen(in)) == 0 ? 0 : EFBIG;
 }
 
+static void *
+die_later(void *arg)
+{
+	usleep((useconds_t)(uintptr_t)arg * 1000);
+	raise(SIGSEGV);
+	return NULL;
+}
+
+static int
+crash_init(const struct jr_host *host, jr_job *job, void **state)
+{
+	const char *const *keys = host->setting_keys(job);
+	int64_t ms = 0;
+	pthread_t th;
+
+	(void)state;
+	for (size_t i = 0; keys != NULL && keys[i] != NULL; i++)
+		if (strcmp(keys[i], "die_idle_ms") != 0) {
+			host->setting_error(job, keys[i], "unknown setting '%s' "
+					    "(only die_idle_ms)", keys[i]);
+			return EINVAL;
+		}
+	if (host->setting_int(job, "die_idle_ms", &ms) == EINVAL)
+		return EINVAL;          /* the host has said why */
+	if (ms < 0) {
+		host->setting_error(job, "die_idle_ms", "settings.die_idle_ms is "
+				    "%lld: expected milliseconds, 0 or more", (long long)ms);
+		return EINVAL;
+	}
+	if (ms > 0 && getenv("JOBRUND_WORKER") != NULL) {
+		if (pthread_create(&th, NULL, die_later, (void *)(uintptr_t)ms) != 0)
+			return EAGAIN;
+		pthread_detach(th);
+	}
+	return 0;
+}
+
 JR_PLUGIN_DEFINE(
 	.name = "crash",
 	.version = "1.0",
 	.description = "crashes, exits, hangs or spins on request",
+	.init = crash_init,
 	.run = crash_run,
 );
