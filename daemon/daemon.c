@@ -33,7 +33,8 @@
  * reload applied, an old config freed, the last active run ended, a
  * `history` request answered) idle_trim runs malloc_trim once, from a
  * zero-delay timer so that it comes after whatever the moment frees (the
- * history's page cache first): every free page goes back to the kernel,
+ * history's page cache first, and the WAL started over after a
+ * checkpoint, history_idle): every free page goes back to the kernel,
  * and an idle daemon's RSS is what it holds, not what it once held (with
  * 100 jobs, 20-90 us a time; 150-300 KiB less after a round of runs).  It
  * happens at those edges only: never per task, never on a timer of its
@@ -109,7 +110,7 @@ idle_trim(void *arg)
 	(void)arg;
 	d.trim_armed = false;
 	if (d.active == 0 && !d.stopping) {
-		history_release_memory();
+		history_idle();
 		malloc_trim(0);
 	}
 }

@@ -835,8 +835,9 @@ void history_run_ended(const struct run_info *ri, int keep);
 /* Group the writes in between into one transaction (they nest). */
 void history_batch_begin(void);
 void history_batch_end(void);
-/* Give back the page cache's memory (an idle daemon: daemon.c). */
-void history_release_memory(void);
+/* The daemon has fallen idle (daemon.c): give back the page cache's
+ * memory, and start the WAL over if a checkpoint may have emptied it. */
+void history_idle(void);
 /* Write latency so far (every write transaction). */
 void history_stats(uint64_t *nwrites, double *mean_ms, double *max_ms);
 
