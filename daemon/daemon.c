@@ -94,6 +94,7 @@ static struct {
 	const char *pidfile;
 	/* Reload. */
 	int loader_fd;                  /* eventfd: the loader is done */
+	struct loop_watch *ckpt_watch;  /* history_checkpoint_fd */
 	bool loading, again;
 	struct loader ld;
 	struct reload_waiter *waiting;  /* for the load in progress */
@@ -123,6 +124,19 @@ idle_trim_soon(void)
 		return;
 	loop_timer_set(d.trim_timer, 0, 0);
 	d.trim_armed = true;
+}
+
+/* The history's checkpointer has emptied the WAL, usually just after
+ * the daemon fell idle (a run's last commit set it going): idle still,
+ * the daemon starts the WAL over now, not in the next run. */
+static void
+checkpoint_done(int fd, uint32_t events, void *arg)
+{
+	(void)fd;
+	(void)events;
+	(void)arg;
+	history_checkpoint_seen();
+	idle_trim_soon();
 }
 
 /* ------------------------------------------------------------------ */
@@ -593,6 +607,9 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 	d.state_dir = xstrdup(cfg->state_dir);
 	if (history_open(cfg->state_dir) == 0)
 		history_abandon();
+	if (history_checkpoint_fd() != -1)
+		d.ckpt_watch = loop_add(history_checkpoint_fd(), EPOLLIN,
+					checkpoint_done, NULL);
 
 	d.gens = xcalloc(1, sizeof *d.gens);
 	d.gens->cfg = cfg;
@@ -631,6 +648,7 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 			cfg_free(g->cfg);
 		free(g);
 	}
+	loop_remove(d.ckpt_watch);
 	history_close();
 	free(d.state_dir);
 	close(d.loader_fd);

@@ -36,8 +36,10 @@
  * more sync would fall on the main thread: the first commit into an
  * empty or wholly checkpointed WAL syncs the WAL's header, and that
  * commit would be a run's (its start, just as it hands out its tasks);
- * so the daemon makes that commit itself, at start-up and when it falls
- * idle after a checkpoint (wal_start, history_idle).  The main thread's
+ * so the daemon makes that commit itself, at start-up and, once the
+ * checkpointer has emptied the WAL (it says so on an eventfd, usually
+ * just after the run whose commit set it going has ended), when the
+ * daemon is idle (wal_start, history_idle).  The main thread's
  * writes are thus small appends to the page cache, tens of microseconds
  * each; each write is timed, and one slower than SLOW_WRITE_MS is logged.  Reads (the
  * control socket's `history`) share the main connection and see every
@@ -67,10 +69,12 @@
  * memory-mapped I/O (SQLite's default here, mmap_size 0, is kept).
  *
  * Everything here runs in the main thread, except the checkpointer, which
- * touches nothing but its own connection and the lock-guarded request.
+ * touches nothing but its own connection, the lock-guarded request and
+ * flag, and its eventfd.
  */
 #include "config.h"
 
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 
 #include <errno.h>
@@ -192,6 +196,7 @@ struct checkpointer {
 	bool wanted, quit;              /* guarded by lock */
 	bool checkpointed;              /* guarded by lock: the WAL may be
 					   due a restart (wal_start) */
+	int wake_fd;                    /* eventfd: a checkpoint is done */
 };
 
 static struct {
@@ -411,7 +416,7 @@ checkpointer_main(void *arg)
 {
 	struct checkpointer *c = arg;
 	sqlite3 *db = c->db;
-	int rc;
+	int rc, nlog, ncopied;
 
 	pthread_mutex_lock(&c->lock);
 	for (;;) {
@@ -422,11 +427,21 @@ checkpointer_main(void *arg)
 		c->wanted = false;
 		pthread_mutex_unlock(&c->lock);
 		rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE,
-					       NULL, NULL);
+					       &nlog, &ncopied);
 		if (rc != SQLITE_OK && rc != SQLITE_BUSY)
 			log_msg(LOG_WARNING, "history: checkpoint: %s", sqlite3_errstr(rc));
+		/* All of it copied back: the next commit starts the WAL over,
+		 * and syncs.  Tell the main thread, which makes that commit
+		 * when it has nothing else to do. */
+		if (rc == SQLITE_OK && nlog > 0 && ncopied == nlog) {
+			uint64_t one = 1;
+
+			pthread_mutex_lock(&c->lock);
+			c->checkpointed = true;
+			pthread_mutex_unlock(&c->lock);
+			(void)!write(c->wake_fd, &one, sizeof one);
+		}
 		pthread_mutex_lock(&c->lock);
-		c->checkpointed |= rc == SQLITE_OK;
 	}
 	pthread_mutex_unlock(&c->lock);
 	return NULL;
@@ -462,7 +477,13 @@ checkpointer_start(void)
 	 * afterwards.  Then the thread owns it (SQLITE_OPEN_NOMUTEX: one
 	 * thread at a time).
 	 */
-	c->wanted = c->quit = false;
+	c->wanted = c->quit = c->checkpointed = false;
+	c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (c->wake_fd == -1) {
+		log_warn("history: checkpointer: eventfd: the WAL is copied back "
+			 "only at exit");
+		return;
+	}
 	rc = sqlite3_open_v2(h.path, &c->db, SQLITE_OPEN_READWRITE |
 			     SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc == SQLITE_OK) {
@@ -497,6 +518,8 @@ checkpointer_start(void)
 fail:
 	sqlite3_close(c->db);
 	c->db = NULL;
+	close(c->wake_fd);
+	c->wake_fd = -1;
 }
 
 static void
@@ -515,6 +538,8 @@ checkpointer_stop(void)
 	c->started = false;
 	sqlite3_close(c->db);
 	c->db = NULL;
+	close(c->wake_fd);
+	c->wake_fd = -1;
 }
 
 /*
@@ -736,6 +761,21 @@ history_close(void)
 	close_db();
 	free(h.path);
 	h.path = NULL;
+}
+
+int
+history_checkpoint_fd(void)
+{
+	return h.ckpt.started ? h.ckpt.wake_fd : -1;
+}
+
+void
+history_checkpoint_seen(void)
+{
+	uint64_t n;
+
+	if (h.ckpt.started)
+		(void)!read(h.ckpt.wake_fd, &n, sizeof n);
 }
 
 void

@@ -836,8 +836,13 @@ void history_run_ended(const struct run_info *ri, int keep);
 void history_batch_begin(void);
 void history_batch_end(void);
 /* The daemon has fallen idle (daemon.c): give back the page cache's
- * memory, and start the WAL over if a checkpoint may have emptied it. */
+ * memory, and start the WAL over if a checkpoint has emptied it. */
 void history_idle(void);
+/* Readable when the checkpointer has emptied the WAL (-1: no
+ * checkpointer), so that an idle daemon calls history_idle then too;
+ * history_checkpoint_seen reads it. */
+int history_checkpoint_fd(void);
+void history_checkpoint_seen(void);
 /* Write latency so far (every write transaction). */
 void history_stats(uint64_t *nwrites, double *mean_ms, double *max_ms);
 

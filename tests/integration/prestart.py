@@ -236,7 +236,7 @@ def test_descriptors_kept_for_work(tap, env):
               "with 128 descriptors, prestarting 40 workers stops short, "
               "and says why")
     n = len(workers(env, "many") or [])
-    tap.ok(10 <= n < 40, "some workers started, not all 40 (%d)" % n)
+    tap.ok(1 <= n < 40, "some workers started, not all 40 (%d)" % n)
     rc, res = results(env, "other")
     tap.ok(rc == 0 and len(res) == 4 and all(r["status"] == "ok" for r in res),
            "another job's run still gets its worker and succeeds", res)
