@@ -562,9 +562,8 @@ void loop_timer_remove(struct loop_timer *t);
 /* Seconds until T next fires; -1 when it will not (or T is NULL). */
 double loop_timer_remaining(const struct loop_timer *t);
 /* A CLOCK_MONOTONIC timer created disarmed, to be armed (and re-armed,
- * and disarmed) with loop_timer_set: for code that must not need a new
- * descriptor when it arms a timer (running out of them, say).  AFTER_S <
- * 0 disarms. */
+ * and disarmed) with loop_timer_set.  AFTER_S < 0 disarms.  No timer
+ * holds a descriptor of its own (loop.c). */
 struct loop_timer *loop_timer_new(loop_timer_cb cb, void *arg);
 void loop_timer_set(struct loop_timer *t, double after_s, double interval_s);
 /* Block SIGINT, SIGTERM, SIGHUP (and ignore SIGPIPE) in the calling

@@ -1,8 +1,12 @@
 /*
  * loop.c - the event loop: one epoll set in the main thread, over which
  * every event jobrund reacts to arrives as a readable descriptor (signals
- * through a signalfd, timers as timerfds, workers' sockets and pidfds,
- * thread-pool completions through an eventfd).
+ * through a signalfd, workers' sockets and pidfds, thread-pool
+ * completions through an eventfd), and its timers.  Timers are kept in a
+ * heap per clock (CLOCK_MONOTONIC, and CLOCK_REALTIME for cron) behind one
+ * timerfd each, armed for the earliest: a timer costs no descriptor, so
+ * making one never fails, however many workers, runs and clients there
+ * are.
  *
  * Callbacks may add and remove watches freely, even the one being
  * dispatched or another one in the same batch: removal only marks a
@@ -31,13 +35,31 @@ struct loop_watch {
 	struct loop_watch *prev, *next;         /* every live watch */
 };
 
-struct loop_timer {
+/* A clock's timers: a heap ordered by due time, behind one timerfd armed
+ * for the earliest, so that a timer is no descriptor of its own. */
+struct timer_clock {
+	clockid_t id;
+	bool wall;                      /* CLOCK_REALTIME: absolute, and
+					   cancelled when the clock is set */
 	int fd;
-	struct loop_watch *watch;
+	struct loop_timer **heap;
+	size_t n, cap;
+	double armed_for;               /* what the timerfd is set to; -1: off */
+};
+
+struct loop_timer {
+	struct timer_clock *clk;
 	loop_timer_cb cb;
 	void *arg;
-	bool periodic;
+	double due;                     /* on clk, in seconds */
+	double interval;                /* > 0: periodic */
+	size_t idx;                     /* in clk->heap; NOT_ARMED when not */
+	uint64_t gen;                   /* bumped when set or disarmed */
+	bool dead;                      /* removed while its clock fires */
+	struct loop_timer *next_dead;
 };
+
+#define NOT_ARMED SIZE_MAX
 
 static int epfd = -1;
 static int signal_fd = -1;      /* loop_signals' own */
@@ -45,11 +67,31 @@ static bool stop_requested;
 static struct loop_watch *dead_watches;
 static struct loop_watch *live_watches;
 
+static struct timer_clock mono_clock = { .id = CLOCK_MONOTONIC, .fd = -1 };
+static struct timer_clock wall_clock = { .id = CLOCK_REALTIME, .wall = true, .fd = -1 };
+static bool firing;                     /* a clock's timers are being fired */
+static struct loop_timer *dead_timers;  /* removed meanwhile: freed after */
+
+static void clock_ready(int fd, uint32_t events, void *arg);
+
+static int
+clock_open(struct timer_clock *c)
+{
+	c->fd = timerfd_create(c->id, TFD_CLOEXEC | TFD_NONBLOCK);
+	if (c->fd == -1)
+		return -1;
+	c->armed_for = -1;
+	loop_add(c->fd, EPOLLIN, clock_ready, c);
+	return 0;
+}
+
 int
 loop_init(void)
 {
 	epfd = epoll_create1(EPOLL_CLOEXEC);
-	return epfd == -1 ? -1 : 0;
+	if (epfd == -1 || clock_open(&mono_clock) == -1 || clock_open(&wall_clock) == -1)
+		return -1;
+	return 0;
 }
 
 void
@@ -67,6 +109,14 @@ loop_shutdown(void)
 	if (signal_fd != -1)
 		close(signal_fd);
 	signal_fd = -1;
+	for (struct timer_clock *c = &mono_clock; c; c = c == &mono_clock ? &wall_clock : NULL) {
+		if (c->fd != -1)
+			close(c->fd);
+		c->fd = -1;
+		free(c->heap);
+		c->heap = NULL;
+		c->n = c->cap = 0;
+	}
 	if (epfd != -1)
 		close(epfd);
 	epfd = -1;
@@ -117,114 +167,236 @@ loop_remove(struct loop_watch *w)
 	dead_watches = w;
 }
 
-static void
-timer_fired(int fd, uint32_t events, void *arg)
-{
-	struct loop_timer *t = arg;
-	uint64_t expirations;
+/* --- timers ------------------------------------------------------------ */
 
-	(void)events;
-	if (read(fd, &expirations, sizeof expirations) == -1) {
-		/* ECANCELED: the wall clock jumped under an absolute timer;
-		 * fire anyway and let the owner work out the next time. */
-		if (errno == EAGAIN)
-			return;
-	}
-	/* Several missed periods fire once: a stalled loop must not cause a
-	 * burst of runs. */
-	t->cb(t->arg);
-}
-
-static struct loop_timer *
-timer_new(int clock, loop_timer_cb cb, void *arg)
-{
-	struct loop_timer *t = xcalloc(1, sizeof *t);
-
-	t->fd = timerfd_create(clock, TFD_CLOEXEC | TFD_NONBLOCK);
-	if (t->fd == -1)
-		fatal("timerfd_create");
-	t->cb = cb;
-	t->arg = arg;
-	t->watch = loop_add(t->fd, EPOLLIN, timer_fired, t);
-	return t;
-}
-
-static struct timespec
-to_timespec(double s)
+static double
+clock_now(const struct timer_clock *c)
 {
 	struct timespec ts;
 
-	if (s < 0)
-		s = 0;
-	ts.tv_sec = (time_t)s;
-	ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
-	if (ts.tv_nsec >= 1000000000)
-		ts.tv_nsec = 999999999;
-	return ts;
+	clock_gettime(c->id, &ts);
+	return ts_to_s(&ts);
+}
+
+static void
+heap_put(struct timer_clock *c, size_t i, struct loop_timer *t)
+{
+	c->heap[i] = t;
+	t->idx = i;
+}
+
+static void
+sift_up(struct timer_clock *c, size_t i)
+{
+	struct loop_timer *t = c->heap[i];
+
+	while (i > 0 && c->heap[(i - 1) / 2]->due > t->due) {
+		heap_put(c, i, c->heap[(i - 1) / 2]);
+		i = (i - 1) / 2;
+	}
+	heap_put(c, i, t);
+}
+
+static void
+sift_down(struct timer_clock *c, size_t i)
+{
+	struct loop_timer *t = c->heap[i];
+
+	for (;;) {
+		size_t l = 2 * i + 1, m = l;
+
+		if (l >= c->n)
+			break;
+		if (l + 1 < c->n && c->heap[l + 1]->due < c->heap[l]->due)
+			m = l + 1;
+		if (c->heap[m]->due >= t->due)
+			break;
+		heap_put(c, i, c->heap[m]);
+		i = m;
+	}
+	heap_put(c, i, t);
+}
+
+static void
+heap_insert(struct timer_clock *c, struct loop_timer *t)
+{
+	if (c->n == c->cap) {
+		c->cap = c->cap ? 2 * c->cap : 16;
+		c->heap = xrealloc(c->heap, c->cap * sizeof *c->heap);
+	}
+	heap_put(c, c->n++, t);
+	sift_up(c, t->idx);
+}
+
+static void
+heap_delete(struct timer_clock *c, struct loop_timer *t)
+{
+	size_t i = t->idx;
+	struct loop_timer *last = c->heap[--c->n];
+
+	t->idx = NOT_ARMED;
+	if (i == c->n)
+		return;
+	heap_put(c, i, last);
+	sift_down(c, i);
+	sift_up(c, last->idx);
+}
+
+/* Set the clock's timerfd for its earliest timer, when that changed. */
+static void
+clock_arm(struct timer_clock *c)
+{
+	struct itimerspec its = { 0 };
+	double due = c->n ? c->heap[0]->due : -1;
+	int flags = 0;
+
+	if (due == c->armed_for)
+		return;
+	if (due >= 0) {
+		its.it_value.tv_sec = (time_t)due;
+		its.it_value.tv_nsec = (long)((due - (double)its.it_value.tv_sec) * 1e9);
+		if (its.it_value.tv_nsec >= 1000000000)
+			its.it_value.tv_nsec = 999999999;
+		/* Zero disarms: the earliest possible time instead. */
+		if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
+			its.it_value.tv_nsec = 1;
+		flags = TFD_TIMER_ABSTIME | (c->wall ? TFD_TIMER_CANCEL_ON_SET : 0);
+	}
+	/* Only bad arguments make this fail, and they are ours. */
+	if (timerfd_settime(c->fd, flags, &its, NULL) == -1)
+		fatal("timerfd_settime");
+	c->armed_for = due;
+}
+
+/*
+ * Fire the clock's due timers (all of them when the wall clock was set:
+ * each owner works out its next time).  Those due are taken off first;
+ * a periodic one is put back for its next period (several missed periods
+ * fire once: a stalled loop must not cause a burst of runs).  A timer
+ * that an earlier callback of the round removed, re-set or disarmed does
+ * not fire, as a timerfd read after timerfd_settime would not have.
+ */
+static void
+clock_ready(int fd, uint32_t events, void *arg)
+{
+	struct timer_clock *c = arg;
+	uint64_t expirations;
+	bool all = false;
+	double now;
+	size_t n = 0;
+	struct { struct loop_timer *t; uint64_t gen; } *due = NULL;
+
+	(void)events;
+	if (read(fd, &expirations, sizeof expirations) == -1) {
+		if (errno == EAGAIN)
+			return;
+		all = errno == ECANCELED;
+	}
+	now = clock_now(c);
+	if (c->n > 0)
+		due = xcalloc(c->n, sizeof *due);
+	while (c->n > 0 && (all || c->heap[0]->due <= now)) {
+		struct loop_timer *t = c->heap[0];
+
+		heap_delete(c, t);
+		due[n].t = t;
+		due[n++].gen = t->gen;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct loop_timer *t = due[i].t;
+
+		if (t->interval > 0) {
+			t->due += t->interval;
+			if (t->due <= now)
+				t->due = now + t->interval;
+			heap_insert(c, t);
+		}
+	}
+	c->armed_for = -2;              /* read it: set it again, whatever */
+	clock_arm(c);
+	firing = true;
+	for (size_t i = 0; i < n; i++)
+		if (!due[i].t->dead && due[i].t->gen == due[i].gen)
+			due[i].t->cb(due[i].t->arg);
+	firing = false;
+	free(due);
+	while (dead_timers) {
+		struct loop_timer *t = dead_timers;
+
+		dead_timers = t->next_dead;
+		free(t);
+	}
+}
+
+static struct loop_timer *
+timer_new(struct timer_clock *c, loop_timer_cb cb, void *arg)
+{
+	struct loop_timer *t = xcalloc(1, sizeof *t);
+
+	t->clk = c;
+	t->cb = cb;
+	t->arg = arg;
+	t->idx = NOT_ARMED;
+	return t;
+}
+
+/* Arm T to fire at DUE on its clock (every INTERVAL seconds after), or
+ * disarm it (DUE < 0). */
+static void
+timer_arm(struct loop_timer *t, double due, double interval)
+{
+	struct timer_clock *c = t->clk;
+
+	t->gen++;
+	if (t->idx != NOT_ARMED)
+		heap_delete(c, t);
+	if (due >= 0) {
+		t->due = due;
+		t->interval = interval > 0 ? interval : 0;
+		heap_insert(c, t);
+	}
+	clock_arm(c);
 }
 
 struct loop_timer *
 loop_timer_add(double after_s, double interval_s, loop_timer_cb cb, void *arg)
 {
-	struct loop_timer *t = timer_new(CLOCK_MONOTONIC, cb, arg);
-	struct itimerspec its = { 0 };
+	struct loop_timer *t = timer_new(&mono_clock, cb, arg);
 
-	its.it_value = to_timespec(after_s);
-	/* A zero it_value disarms the timer: "now" means one nanosecond. */
-	if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
-		its.it_value.tv_nsec = 1;
-	its.it_interval = to_timespec(interval_s);
-	t->periodic = interval_s > 0;
-	if (timerfd_settime(t->fd, 0, &its, NULL) == -1)
-		fatal("timerfd_settime");
+	loop_timer_set(t, after_s < 0 ? 0 : after_s, interval_s);
 	return t;
 }
 
 struct loop_timer *
 loop_timer_at(time_t when, loop_timer_cb cb, void *arg)
 {
-	struct loop_timer *t = timer_new(CLOCK_REALTIME, cb, arg);
-	struct itimerspec its = { 0 };
+	struct loop_timer *t = timer_new(&wall_clock, cb, arg);
 
-	its.it_value.tv_sec = when > 0 ? when : 1;
-	if (timerfd_settime(t->fd, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET,
-			    &its, NULL) == -1)
-		fatal("timerfd_settime");
+	timer_arm(t, when > 0 ? (double)when : 1, 0);
 	return t;
 }
 
 struct loop_timer *
 loop_timer_new(loop_timer_cb cb, void *arg)
 {
-	return timer_new(CLOCK_MONOTONIC, cb, arg);
+	return timer_new(&mono_clock, cb, arg);
 }
 
 void
 loop_timer_set(struct loop_timer *t, double after_s, double interval_s)
 {
-	struct itimerspec its = { 0 };
-
-	if (after_s >= 0) {
-		its.it_value = to_timespec(after_s);
-		if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
-			its.it_value.tv_nsec = 1;
-		its.it_interval = to_timespec(interval_s);
-	}
-	t->periodic = after_s >= 0 && interval_s > 0;
-	if (timerfd_settime(t->fd, 0, &its, NULL) == -1)
-		fatal("timerfd_settime");
+	timer_arm(t, after_s >= 0 ? mono_now() + after_s : -1, interval_s);
 }
 
 double
 loop_timer_remaining(const struct loop_timer *t)
 {
-	struct itimerspec its;
+	double left;
 
-	if (t == NULL || timerfd_gettime(t->fd, &its) == -1)
+	if (t == NULL || t->idx == NOT_ARMED)
 		return -1;
-	if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
-		return -1;              /* disarmed: a one-shot that fired */
-	return ts_to_s(&its.it_value);
+	left = t->due - clock_now(t->clk);
+	return left > 0 ? left : 0;
 }
 
 void
@@ -232,9 +404,17 @@ loop_timer_remove(struct loop_timer *t)
 {
 	if (t == NULL)
 		return;
-	loop_remove(t->watch);
-	close(t->fd);
-	free(t);
+	if (t->idx != NOT_ARMED) {
+		heap_delete(t->clk, t);
+		clock_arm(t->clk);
+	}
+	if (firing) {
+		t->dead = true;
+		t->next_dead = dead_timers;
+		dead_timers = t;
+	} else {
+		free(t);
+	}
 }
 
 void

@@ -102,7 +102,7 @@ extern char **environ;
 #define SETTLED_S 1.0                   /* a worker killed older than this
 					   was not in a kill loop */
 #define PRESTART_FD_RESERVE 64          /* descriptors prestarting leaves free */
-#define DAEMON_FDS_PER_WORKER 4         /* socket, pipe, pidfd, timerfd */
+#define DAEMON_FDS_PER_WORKER 3         /* socket, pipe, pidfd */
 #define SOCKET_LOST_GRACE 1.0           /* a dying worker's socket closes
 					   a moment before its exit shows */
 #define BATCH_MAX 1024                  /* tasks in one TASKS frame */

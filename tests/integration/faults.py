@@ -24,6 +24,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -355,6 +356,40 @@ def test_out_of_descriptors(tap, env):
            "no worker left")
 
 
+def test_timers_without_descriptors(tap, env):
+    # Every descriptor taken by idle control clients: what the daemon does
+    # next needs timers (a failed task's retry, the schedule's next run),
+    # and a timer must not need a descriptor (it once did, and the daemon
+    # exited: "timerfd_create: Too many open files").
+    cfg = env.config("""
+  { name = "flaky"; plugin = "square"; mode = "thread"; schedule = "@every 200ms";
+    inputs = [ "abc" ]; retries = 1; retry_delay = "50ms"; }""")
+    d = Daemon(env, cfg)
+    tap.ok(wait_for(lambda: ctl(env, "version")[0] == 0), "daemon up")
+    resource.prlimit(d.pid, resource.RLIMIT_NOFILE,
+                     (fd_count(d.pid) + 8, fd_count(d.pid) + 8))
+    conns = []
+    for _ in range(40):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(env.socket)
+        conns.append(c)
+    tap.ok(d.wait_log(r"control socket: accept: Too many open files"),
+           "the daemon runs out of descriptors", d.log()[-5:])
+    n = d.count(r"job flaky: run \d+ finished")
+    tap.ok(d.wait_log(r"job flaky: run \d+ finished", n=n + 3),
+           "out of descriptors, runs go on, each task retried on a timer",
+           d.log()[-5:])
+    tap.ok(d.proc.poll() is None and d.count(r"retry 1 of 1") >= 3,
+           "and the daemon is still there", d.log()[-5:])
+    for c in conns:
+        c.close()
+    tap.ok(wait_for(lambda: ctl(env, "status")[0] == 0),
+           "serving clients again once they leave")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "exit 0")
+
+
 main([test_fork_bomb, test_descriptor_leak, test_infinite_loop, test_deep_nesting,
       test_self_include, test_include_trusted, test_full_disk,
-      test_history_stays_bounded, test_out_of_descriptors])
+      test_history_stays_bounded, test_out_of_descriptors,
+      test_timers_without_descriptors])
