@@ -113,6 +113,9 @@ loop_shutdown(void)
 		if (c->fd != -1)
 			close(c->fd);
 		c->fd = -1;
+		/* A timer its owner still holds is disarmed, not dangling. */
+		for (size_t i = 0; i < c->n; i++)
+			c->heap[i]->idx = NOT_ARMED;
 		free(c->heap);
 		c->heap = NULL;
 		c->n = c->cap = 0;
@@ -385,7 +388,7 @@ loop_timer_new(loop_timer_cb cb, void *arg)
 void
 loop_timer_set(struct loop_timer *t, double after_s, double interval_s)
 {
-	timer_arm(t, after_s >= 0 ? mono_now() + after_s : -1, interval_s);
+	timer_arm(t, after_s >= 0 ? clock_now(t->clk) + after_s : -1, interval_s);
 }
 
 double

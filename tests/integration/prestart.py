@@ -225,7 +225,7 @@ def test_idle_crash_loop_suspends(tap, env):
 
 def test_descriptors_kept_for_work(tap, env):
     """Prestarting stops short of the descriptor limit: the daemon keeps
-    enough for its clients and runs (each idle worker holds 4)."""
+    enough for its clients and runs (each idle worker holds 3)."""
     cfg = env.config(",\n".join([job("many", extra="prestart = true;",
                                       workers=40),
                                   job("other", workers=1)]))
