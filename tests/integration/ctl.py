@@ -8,14 +8,14 @@ that change nothing.
 
 import json
 import os
-import resource
 import signal
 import socket
 import stat
 import subprocess
 import time
 
-from jrtest import (BUILDDIR, JOBRUND, TIMEOUT, Daemon, main, run, wait_for)
+from jrtest import (BUILDDIR, JOBRUND, TIMEOUT, Daemon, exhaust_descriptors, main, run,
+                    wait_for)
 
 JOBRUNCTL = os.path.join(BUILDDIR, "jobrunctl")
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -501,13 +501,7 @@ def test_out_of_descriptors(tap, env):
     with open(cfg, "w") as f:
         f.write(text)
     d = start(env, cfg, tap)
-    limit = len(os.listdir("/proc/%d/fd" % d.pid)) + 8
-    resource.prlimit(d.pid, resource.RLIMIT_NOFILE, (limit, limit))
-    conns = []
-    for _ in range(40):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(env.socket)
-        conns.append(s)
+    conns = exhaust_descriptors(env, d.pid)
     tap.ok(d.wait_log(r"control socket: accept: Too many open files: not accepting"),
            "EMFILE: it stops accepting", d.log()[-10:])
     tap.ok(d.wait_log(r"still not accepting \(retry 2\)"), "and retries on a timer")

@@ -24,13 +24,12 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
-from jrtest import (BUILDDIR, Daemon, JOBRUND, children_of, TIMEOUT, main, processes_matching,
-                    run, wait_for)
+from jrtest import (BUILDDIR, Daemon, JOBRUND, children_of, TIMEOUT, exhaust_descriptors, main,
+                    processes_matching, run, wait_for)
 
 JOBRUNCTL = os.path.join(BUILDDIR, "jobrunctl")
 
@@ -366,13 +365,7 @@ def test_timers_without_descriptors(tap, env):
     inputs = [ "abc" ]; retries = 1; retry_delay = "50ms"; }""")
     d = Daemon(env, cfg)
     tap.ok(wait_for(lambda: ctl(env, "version")[0] == 0), "daemon up")
-    resource.prlimit(d.pid, resource.RLIMIT_NOFILE,
-                     (fd_count(d.pid) + 8, fd_count(d.pid) + 8))
-    conns = []
-    for _ in range(40):
-        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        c.connect(env.socket)
-        conns.append(c)
+    conns = exhaust_descriptors(env, d.pid)
     tap.ok(d.wait_log(r"control socket: accept: Too many open files"),
            "the daemon runs out of descriptors", d.log()[-5:])
     n = d.count(r"job flaky: run \d+ finished")

@@ -12,8 +12,10 @@ Nothing here sleeps blindly: waits poll a condition with a deadline.
 import json
 import os
 import re
+import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -221,6 +223,21 @@ def children_of(pid, state=None):
         if int(rest[1]) == pid and (state is None or rest[0] == state):
             found.append(int(p))
     return found
+
+
+def exhaust_descriptors(env, pid, spare=8, clients=40):
+    """Leave daemon PID SPARE descriptors above what it has open now
+    (prlimit), then take them, and more, with idle clients of ENV's
+    control socket.  Returns the client sockets: closing them gives the
+    descriptors back."""
+    limit = len(os.listdir("/proc/%d/fd" % pid)) + spare
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, limit))
+    conns = []
+    for _ in range(clients):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(env.socket)
+        conns.append(c)
+    return conns
 
 
 def wait_for(cond, timeout=TIMEOUT, interval=0.02):
