@@ -732,7 +732,8 @@ struct sup_pool;
 struct sup_pool *sup_new(struct job_def *def, const struct jr_config *cfg);
 void sup_submit(struct sup_pool *sp, struct task *task);
 /* Start its `workers` worker processes now, and from now on replace any
- * that exits while the pool is not stopping (`prestart`). */
+ * that exits while the pool is not stopping (`prestart`); again after a
+ * suspension (a reload). */
 void sup_prestart(struct sup_pool *sp);
 /* Cancel TASK: queued, it ends at once; running, the worker is asked to
  * stop it, then SIGTERM and SIGKILL follow kill_grace apart.  NOW: SIGTERM

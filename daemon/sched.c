@@ -865,6 +865,10 @@ sched_apply(struct jr_config *cfg, bool startup, struct sched_diff *diff)
 			if (e->rt == NULL) {
 				e->def = def;
 				e->cfg = cfg;
+			} else if (e->def->prestart && e->def->enabled) {
+				/* A reload is the admin's "try again": a pool
+				 * whose prestart was suspended resumes it. */
+				jobrt_prestart(e->rt);
 			}
 			diff->unchanged++;
 			continue;

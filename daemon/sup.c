@@ -2179,7 +2179,12 @@ worker_gone(struct worker *w, const siginfo_t *si)
 void
 sup_prestart(struct sup_pool *sp)
 {
+	if (sp->prestart_held)
+		log_msg(LOG_NOTICE, "job %s: prestarting its workers again",
+			sp->def->name);
 	sp->prestart = true;
+	sp->prestart_held = false;
+	sp->held_said = false;
 	dispatch(sp);
 }
 

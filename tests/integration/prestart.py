@@ -9,6 +9,7 @@ Runs the real daemon and talks to it with the real jobrunctl.
 
 import json
 import os
+import re
 import resource
 import signal
 import time
@@ -177,6 +178,32 @@ def test_worker_cannot_start(tap, env):
     tap.eq(d.wait_exit(), 0, "clean exit")
 
 
+def test_reload_resumes(tap, env):
+    """Prestart suspended because workers could not start (their cwd was
+    removed); the admin puts it back and reloads: prestart resumes."""
+    work = os.path.join(env.dir, "work")
+    os.mkdir(work)
+    cfg = env.config(job("cw", extra='prestart = true; cwd = "%s";' % work,
+                         workers=1))
+    d = start(tap, env, cfg)
+    pids = wait_for(lambda: full_and_idle(env, "cw", 1))
+    tap.ok(pids and wait_for(lambda: age(pids[0]) > 1.5), "a worker, up for a while")
+    os.rmdir(work)
+    if pids:
+        os.kill(pids[0], signal.SIGKILL)
+    suspended(tap, d, "cw", "worker could not start: .*%s" % re.escape(work),
+              "its replacement cannot enter the removed cwd: suspended")
+    tap.eq(workers(env, "cw"), [], "no worker meanwhile")
+    os.mkdir(work)
+    d.signal(signal.SIGHUP)
+    tap.ok(d.wait_log(r"job cw: prestarting its workers again"),
+           "a reload with the directory back resumes prestart", d.log()[-5:])
+    tap.ok(wait_for(lambda: full_and_idle(env, "cw", 1)),
+           "and the pool is full again", workers(env, "cw"))
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
 def age(pid):
     """Seconds since PID started (from /proc/PID/stat), or 0."""
     try:
@@ -246,5 +273,5 @@ def test_descriptors_kept_for_work(tap, env):
 
 main([test_process_pool_prestarted, test_reload_turns_it_on,
       test_thread_pool_prestarted, test_worker_cannot_start,
-      test_kill_refills_at_once, test_idle_crash_loop_suspends,
+      test_kill_refills_at_once, test_idle_crash_loop_suspends, test_reload_resumes,
       test_descriptors_kept_for_work])
