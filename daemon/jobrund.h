@@ -638,8 +638,9 @@ void run_unobserve(const struct run_observer *obs);
 
 /* A job's runtime: its executor and runs.  DEF must outlive it. */
 struct jobrt *jobrt_new(struct job_def *def, const struct jr_config *cfg);
-/* Start its pool now rather than at its first run, and keep it full:
- * the job's `prestart` (the daemon calls it; --once and --bench do not). */
+/* For a job with `prestart` (and enabled): start its pool now rather
+ * than at its first run, and keep it full (the daemon calls it; --once
+ * and --bench do not). */
 void jobrt_prestart(struct jobrt *rt);
 /* Cancel its runs, stop its executor; freed once its runs have ended
  * (immediately when idle).  NOW (shutdown): process workers get SIGTERM

@@ -157,11 +157,13 @@ jobrt_new(struct job_def *def, const struct jr_config *cfg)
 	return rt;
 }
 
-/* Start RT's pool now, not at its first run, and keep it full (the
- * job's `prestart`). */
+/* If its job asks for it (`prestart`, and enabled), start RT's pool now,
+ * not at its first run, and keep it full. */
 void
 jobrt_prestart(struct jobrt *rt)
 {
+	if (!rt->def->prestart || !rt->def->enabled)
+		return;
 	if (rt->tpool)
 		tpool_prestart(rt->tpool);
 	else if (rt->sup)

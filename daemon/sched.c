@@ -327,8 +327,7 @@ entry_rt(struct sched_job *e)
 		return e->rt;
 	e->rt = jobrt_new(e->def, e->cfg);
 	jobrt_set_owner(e->rt, e);
-	if (e->def->prestart && e->def->enabled)
-		jobrt_prestart(e->rt);
+	jobrt_prestart(e->rt);
 	if (s.rt_made)
 		s.rt_made(e->cfg);
 	/* Run numbers go on from the history and from older runtimes. */
@@ -865,7 +864,7 @@ sched_apply(struct jr_config *cfg, bool startup, struct sched_diff *diff)
 			if (e->rt == NULL) {
 				e->def = def;
 				e->cfg = cfg;
-			} else if (e->def->prestart && e->def->enabled) {
+			} else {
 				/* A reload is the admin's "try again": a pool
 				 * whose prestart was suspended resumes it. */
 				jobrt_prestart(e->rt);

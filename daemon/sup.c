@@ -1838,19 +1838,10 @@ spawn_more(struct sup_pool *sp)
 			bool shortage = err == EMFILE || err == ENFILE ||
 					err == EAGAIN || err == ENOMEM;
 
-			if (sp->nqueued == 0) {
-				char *why = xasprintf("cannot start a worker (%s): %s",
-						      sup_worker_path(), strerror(err));
-				hold_prestart(sp, why);
-				free(why);
-				return;
-			}
-
-			if (shortage && serving > 0) {
+			if (shortage && serving > 0 && sp->nqueued > 0) {
 				/* Out of descriptors or processes for now: the
 				 * workers there are serve the queue, and the next
-				 * dispatch (as one finishes a task) tries again.
-				 * No timer: making one needs a descriptor too. */
+				 * dispatch (as one finishes a task) tries again. */
 				if (!sp->shortage_logged)
 					log_msg(LOG_WARNING, "job %s: cannot start more "
 						"workers (%s): running on %d", sp->def->name,
@@ -1858,6 +1849,7 @@ spawn_more(struct sup_pool *sp)
 				sp->shortage_logged = true;
 				return;
 			}
+			/* With nothing queued, only prestart wanted it. */
 			char *why = xasprintf("cannot start a worker (%s): %s",
 					      sup_worker_path(), strerror(err));
 			fail_queue(sp, why);
