@@ -70,7 +70,7 @@
  *
  * Everything here runs in the main thread, except the checkpointer, which
  * touches nothing but its own connection, the lock-guarded request and
- * flag, and its eventfd.
+ * its eventfd.
  */
 #include "config.h"
 
@@ -194,9 +194,8 @@ struct checkpointer {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	bool wanted, quit;              /* guarded by lock */
-	bool checkpointed;              /* guarded by lock: the WAL may be
-					   due a restart (wal_start) */
 	int wake_fd;                    /* eventfd: a checkpoint is done */
+	bool restart_due;               /* main thread: one was (wal_start) */
 };
 
 static struct {
@@ -436,9 +435,6 @@ checkpointer_main(void *arg)
 		if (rc == SQLITE_OK && nlog > 0 && ncopied == nlog) {
 			uint64_t one = 1;
 
-			pthread_mutex_lock(&c->lock);
-			c->checkpointed = true;
-			pthread_mutex_unlock(&c->lock);
 			(void)!write(c->wake_fd, &one, sizeof one);
 		}
 		pthread_mutex_lock(&c->lock);
@@ -477,7 +473,7 @@ checkpointer_start(void)
 	 * afterwards.  Then the thread owns it (SQLITE_OPEN_NOMUTEX: one
 	 * thread at a time).
 	 */
-	c->wanted = c->quit = c->checkpointed = false;
+	c->wanted = c->quit = c->restart_due = false;
 	c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (c->wake_fd == -1) {
 		log_warn("history: checkpointer: eventfd: the WAL is copied back "
@@ -774,29 +770,22 @@ history_checkpoint_seen(void)
 {
 	uint64_t n;
 
-	if (h.ckpt.started)
-		(void)!read(h.ckpt.wake_fd, &n, sizeof n);
+	if (h.ckpt.started && read(h.ckpt.wake_fd, &n, sizeof n) == (ssize_t)sizeof n)
+		h.ckpt.restart_due = true;
 }
 
 void
 history_idle(void)
 {
-	struct checkpointer *c = &h.ckpt;
-	bool restart = false;
-
 	if (h.db == NULL)
 		return;
 	/* Pages of the cache nobody holds: a later read takes them from the
 	 * WAL or the file, in the kernel's page cache. */
 	sqlite3_db_release_memory(h.db);
-	if (c->started) {
-		pthread_mutex_lock(&c->lock);
-		restart = c->checkpointed;
-		c->checkpointed = false;
-		pthread_mutex_unlock(&c->lock);
-	}
-	if (restart)
+	if (h.ckpt.restart_due) {
+		h.ckpt.restart_due = false;
 		wal_start();
+	}
 }
 
 void

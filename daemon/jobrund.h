@@ -840,8 +840,8 @@ void history_batch_end(void);
  * memory, and start the WAL over if a checkpoint has emptied it. */
 void history_idle(void);
 /* Readable when the checkpointer has emptied the WAL (-1: no
- * checkpointer), so that an idle daemon calls history_idle then too;
- * history_checkpoint_seen reads it. */
+ * checkpointer); history_checkpoint_seen reads it, and the next
+ * history_idle starts the WAL over (an idle daemon calls it at once). */
 int history_checkpoint_fd(void);
 void history_checkpoint_seen(void);
 /* Write latency so far (every write transaction). */
