@@ -69,8 +69,16 @@ static struct loop_watch *live_watches;
 
 static struct timer_clock mono_clock = { .id = CLOCK_MONOTONIC, .fd = -1 };
 static struct timer_clock wall_clock = { .id = CLOCK_REALTIME, .wall = true, .fd = -1 };
+static struct timer_clock *const clocks[] = { &mono_clock, &wall_clock };
 static bool firing;                     /* a clock's timers are being fired */
 static struct loop_timer *dead_timers;  /* removed meanwhile: freed after */
+/* The timers a round fires, and the generation each had when taken off:
+ * kept from round to round (rounds never nest). */
+static struct due_timer {
+	struct loop_timer *t;
+	uint64_t gen;
+} *firing_list;
+static size_t firing_cap;
 
 static void clock_ready(int fd, uint32_t events, void *arg);
 
@@ -109,17 +117,22 @@ loop_shutdown(void)
 	if (signal_fd != -1)
 		close(signal_fd);
 	signal_fd = -1;
-	for (struct timer_clock *c = &mono_clock; c; c = c == &mono_clock ? &wall_clock : NULL) {
+	for (size_t i = 0; i < sizeof clocks / sizeof clocks[0]; i++) {
+		struct timer_clock *c = clocks[i];
+
 		if (c->fd != -1)
 			close(c->fd);
 		c->fd = -1;
 		/* A timer its owner still holds is disarmed, not dangling. */
-		for (size_t i = 0; i < c->n; i++)
-			c->heap[i]->idx = NOT_ARMED;
+		for (size_t j = 0; j < c->n; j++)
+			c->heap[j]->idx = NOT_ARMED;
 		free(c->heap);
 		c->heap = NULL;
 		c->n = c->cap = 0;
 	}
+	free(firing_list);
+	firing_list = NULL;
+	firing_cap = 0;
 	if (epfd != -1)
 		close(epfd);
 	epfd = -1;
@@ -287,7 +300,6 @@ clock_ready(int fd, uint32_t events, void *arg)
 	bool all = false;
 	double now;
 	size_t n = 0;
-	struct { struct loop_timer *t; uint64_t gen; } *due = NULL;
 
 	(void)events;
 	if (read(fd, &expirations, sizeof expirations) == -1) {
@@ -296,17 +308,19 @@ clock_ready(int fd, uint32_t events, void *arg)
 		all = errno == ECANCELED;
 	}
 	now = clock_now(c);
-	if (c->n > 0)
-		due = xcalloc(c->n, sizeof *due);
 	while (c->n > 0 && (all || c->heap[0]->due <= now)) {
 		struct loop_timer *t = c->heap[0];
 
 		heap_delete(c, t);
-		due[n].t = t;
-		due[n++].gen = t->gen;
+		if (n == firing_cap) {
+			firing_cap = firing_cap ? 2 * firing_cap : 16;
+			firing_list = xrealloc(firing_list, firing_cap * sizeof *firing_list);
+		}
+		firing_list[n].t = t;
+		firing_list[n++].gen = t->gen;
 	}
 	for (size_t i = 0; i < n; i++) {
-		struct loop_timer *t = due[i].t;
+		struct loop_timer *t = firing_list[i].t;
 
 		if (t->interval > 0) {
 			t->due += t->interval;
@@ -318,11 +332,13 @@ clock_ready(int fd, uint32_t events, void *arg)
 	c->armed_for = -2;              /* read it: set it again, whatever */
 	clock_arm(c);
 	firing = true;
-	for (size_t i = 0; i < n; i++)
-		if (!due[i].t->dead && due[i].t->gen == due[i].gen)
-			due[i].t->cb(due[i].t->arg);
+	for (size_t i = 0; i < n; i++) {
+		const struct due_timer *d = &firing_list[i];
+
+		if (!d->t->dead && d->t->gen == d->gen)
+			d->t->cb(d->t->arg);
+	}
 	firing = false;
-	free(due);
 	while (dead_timers) {
 		struct loop_timer *t = dead_timers;
 
