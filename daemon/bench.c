@@ -31,11 +31,13 @@
  *                 process CPU clock, read at its start and at its last
  *                 result (a worker that dies meanwhile is left out, and
  *                 the run's note says so); the clocks do not split user
- *                 from sys;
+ *                 from sys.  Process mode: plus the worker factory's
+ *                 CPU clock over the run (its forks);
  *   peak RSS      jobrund's VmHWM, reset through /proc/self/clear_refs
  *                 before the run, plus each worker's VmHWM, sampled while
- *                 it lives (a warm run's live workers reset too): an
- *                 upper bound on the peak of the sum;
+ *                 it lives (a warm run's live workers reset too), and in
+ *                 process mode the worker factory's: an upper bound on
+ *                 the peak of the sum;
  *   start-up      creation of the pool (warm: of the run) to the first
  *                 task starting in a worker: what a cold pool costs;
  *   overhead      (wall x workers - sum of the tasks' own wall) / tasks,
@@ -129,6 +131,12 @@ struct bench_run {
 	struct bench_clock *clk;        /* warm: the workers at the start */
 	size_t nclk;
 	double wk_cpu;                  /* warm: their CPU over the run */
+	/* Process mode: the worker factory (factory.c), whose forks are
+	 * the run's; its CPU clock at t0 (fac_cpu0 < 0: none). */
+	pid_t fac_pid;
+	clockid_t fac_clock;
+	double fac_cpu0;
+	struct bench_mem fac_mem;       /* at the last result */
 	char note[512];
 };
 
@@ -269,7 +277,8 @@ bench_ppid(const char *pid)
 	return (pid_t)ppid;
 }
 
-/* jobrund's children (its workers) into PIDS; returns how many.  From
+/* jobrund's children (its workers; not the worker factory) into PIDS;
+ * returns how many.  From
  * /proc/self/task/TID/children, or a scan of /proc on kernels without
  * CONFIG_PROC_CHILDREN. */
 static size_t
@@ -279,7 +288,7 @@ bench_children(pid_t *pids, size_t max)
 	struct dirent *de;
 	bool have_lists = false;
 	size_t n = 0;
-	pid_t me = getpid();
+	pid_t me = getpid(), factory = factory_pid();
 	long v;
 	FILE *fp;
 	DIR *d;
@@ -294,7 +303,8 @@ bench_children(pid_t *pids, size_t max)
 				continue;
 			have_lists = true;
 			while (n < max && fscanf(fp, "%ld", &v) == 1)
-				pids[n++] = (pid_t)v;
+				if ((pid_t)v != factory)
+					pids[n++] = (pid_t)v;
 			fclose(fp);
 		}
 		closedir(d);
@@ -304,7 +314,8 @@ bench_children(pid_t *pids, size_t max)
 	while ((de = readdir(d)) != NULL && n < max) {
 		if (de->d_name[0] < '1' || de->d_name[0] > '9')
 			continue;
-		if (bench_ppid(de->d_name) == me)
+		if (bench_ppid(de->d_name) == me &&
+		    (pid_t)strtol(de->d_name, NULL, 10) != factory)
 			pids[n++] = (pid_t)strtol(de->d_name, NULL, 10);
 	}
 	closedir(d);
@@ -503,6 +514,10 @@ bench_begin(struct bench *b, struct bench_run *r)
 	b->hwm_reset = bench_reset_hwm(0);
 	if (r->warm)
 		bench_workers_begin(r);
+	r->fac_cpu0 = -1;
+	r->fac_pid = r->def.mode == MODE_PROCESS ? factory_pid() : 0;
+	if (r->fac_pid > 0 && clock_getcpuclockid(r->fac_pid, &r->fac_clock) == 0)
+		r->fac_cpu0 = bench_clock_read(r->fac_clock);
 	bench_rusage(!r->warm, &r->user0, &r->sys0);
 	bench_progress(b, true);
 	clock_gettime(CLOCK_REALTIME, &ts);
@@ -522,6 +537,15 @@ bench_last_result(struct bench *b, struct bench_run *r)
 	bench_read_mem(getpid(), &r->self);
 	r->measuring += bench_thread_cpu() - cpu0;
 	bench_sample(b);
+	r->fac_mem.hwm = -1;
+	if (r->fac_pid > 0)
+		bench_read_mem(r->fac_pid, &r->fac_mem);
+	if (r->fac_cpu0 >= 0) {
+		double cpu = bench_clock_read(r->fac_clock);
+
+		if (cpu >= r->fac_cpu0)
+			r->wk_cpu += cpu - r->fac_cpu0;
+	}
 	if (r->warm) {
 		/* After the sampling, whose CPU is in SELF and in measuring. */
 		double user, sys;
@@ -818,6 +842,8 @@ bench_derive(const struct bench *b, const struct bench_run *r,
 	for (size_t i = 0; i < r->nwk; i++)
 		d->workers_peak += r->wk[i].hwm;
 	d->peak = r->self.hwm >= 0 ? r->self.hwm + d->workers_peak : -1;
+	if (d->peak >= 0 && r->fac_mem.hwm > 0)
+		d->peak += r->fac_mem.hwm;
 }
 
 static const char *
@@ -1105,6 +1131,7 @@ bench_print_table(const struct bench *b)
 "CPU/wall       cores kept busy; sequential: ~1 CPU-bound, ~0 waiting on I/O\n"
 "speed-up       sequential wall / this wall\n"
 "peak RSS       jobrund's peak RSS (VmHWM%s) plus each worker's peak\n"
+"               (and the worker factory's, in process mode)\n"
 "start-up       creating the pool to the first task starting in a worker\n"
 "overhead/task  (wall x min(workers, tasks) - sum of task times) / tasks: worker\n"
 "               time per task spent outside the plugin (dispatch, results, start-up)\n",
@@ -1385,6 +1412,11 @@ bench_main(const char *file, const char *jobname, const char *workers,
 	if (loop_init() == -1)
 		fatal("epoll_create1");
 	loop_signals(bench_on_signal, &b);
+	/* Process pools as the daemon has them: workers forked by a worker
+	 * factory started before any run, as the daemon starts it at
+	 * start-up. */
+	factory_configure(b.cfg->worker_factory);
+	factory_restart();
 	tpool_setup();
 	hooks.task_done = bench_task_done;
 	hooks.run_done = bench_run_done;
@@ -1409,6 +1441,7 @@ bench_main(const char *file, const char *jobname, const char *workers,
 	loop_timer_remove(b.sampler);
 	loop_timer_remove(b.settle);
 	tpool_shutdown();
+	factory_stop();
 	loop_shutdown();
 	bench_free(&b);
 	return failed > 0 || b.interrupted ? 3 : 0;

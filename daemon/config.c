@@ -43,7 +43,6 @@
 
 #include "jobrund.h"
 
-#define JOB_NAME_MAX 64
 #define ONE_YEAR (365.0 * 86400)
 
 /* An integer literal as written in a file. */
@@ -1733,6 +1732,12 @@ top_history_keep(struct cfg_ctx *ctx, config_setting_t *s)
 		ctx->cfg->history_keep = (int)v;
 }
 
+static void
+top_worker_factory(struct cfg_ctx *ctx, config_setting_t *s)
+{
+	get_bool(ctx, s, "worker_factory", &ctx->cfg->worker_factory);
+}
+
 static const struct top_key {
 	const char *name;
 	void (*fn)(struct cfg_ctx *, config_setting_t *);
@@ -1745,6 +1750,7 @@ static const struct top_key {
 	{ "log_level", top_log_level },
 	{ "shutdown_grace", top_shutdown_grace },
 	{ "history_keep", top_history_keep },
+	{ "worker_factory", top_worker_factory },
 	{ "jobs", top_jobs },
 };
 
@@ -1962,6 +1968,7 @@ cfg_load(const char *file, struct errlist *errs)
 	cfg->log_level = LOG_INFO;
 	cfg->shutdown_grace = 10;
 	cfg->history_keep = JR_HISTORY_KEEP;
+	cfg->worker_factory = true;
 	/* The tree is read in place: its settings point back at it. */
 	config_init(&cfg->tree);
 

@@ -305,6 +305,10 @@ apply(struct jr_config *cfg, double load_s, bool threaded)
 	if (d.state_dir && strcmp(d.state_dir, cfg->state_dir) != 0)
 		log_msg(LOG_WARNING, "state_dir changed to %s: the history stays in %s "
 			"until jobrund restarts", cfg->state_dir, d.state_dir);
+	/* A new factory: the jobrund-worker installed now, and the pools
+	 * prestarted below fork from it. */
+	factory_configure(cfg->worker_factory);
+	factory_restart();
 	sched_apply(cfg, false, &diff);
 	gen_collect_soon();
 	log_msg(LOG_NOTICE, "reloaded %s: %zu job%s: %zu added, %zu changed, %zu "
@@ -616,6 +620,8 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 	sched_init(runtime_made);
 	log_msg(LOG_NOTICE, "jobrund %s started (pid %ld)", PACKAGE_VERSION, (long)getpid());
 	ctl_start();
+	factory_configure(cfg->worker_factory);
+	factory_restart();
 	sched_apply(cfg, true, &diff);
 	n = (int)diff.added;
 	log_msg(LOG_NOTICE, "%d job%s active from %s", n, n == 1 ? "" : "s", cfg->file);
@@ -625,6 +631,7 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 	if (loop_run() == -1)
 		return 1;
 	ctl_shutdown();
+	factory_stop();
 
 	/* A load in progress: wait for it, and drop what it read. */
 	if (d.loading) {

@@ -108,6 +108,8 @@ struct cfg_path {
 	char *path;
 };
 
+#define JOB_NAME_MAX 64                 /* characters of A-Z a-z 0-9 _ . - */
+
 struct jr_config {
 	char *file;
 	struct cfg_path *paths;         /* every file read */
@@ -120,6 +122,7 @@ struct jr_config {
 	int log_level;                  /* LOG_ERR..LOG_DEBUG */
 	double shutdown_grace;
 	int history_keep;               /* runs kept per job, by default */
+	bool worker_factory;            /* fork workers from a factory */
 	struct job_def *jobs;
 	size_t njobs;
 	config_t tree;                  /* keeps settings groups alive */
@@ -388,6 +391,9 @@ enum proto_type {
 	MSG_RESULT,     /* worker -> daemon: one task's result */
 	MSG_LOG,        /* worker -> daemon: a plugin log line */
 	MSG_ACK,        /* daemon -> worker: task ID's output has been taken */
+	/* Between the daemon and the worker factory (factory.c): */
+	MSG_SPAWN,      /* daemon -> factory: fork a worker (3 fds attached) */
+	MSG_SPAWNED,    /* new worker's parent -> daemon: its pid (and pidfd) */
 };
 
 /* Strings are const so that senders can point at what they have; a
@@ -407,6 +413,18 @@ struct msg_hello {
 };
 struct msg_ready { uint32_t version; int32_t pid; };
 struct msg_fail { const char *message; };
+/* A worker the factory is to fork: its JOBRUND_WORKER sequence number,
+ * the job it is for (its title, "jobrund-worker: JOB") and its whole
+ * environment.  Decoded, ENV is NULL-terminated and it and its strings
+ * are one allocation. */
+struct msg_spawn {
+	uint64_t seq;
+	const char *job;
+	uint32_t nenv;
+	const char **env;
+};
+/* The answer: the worker's pid, or the errno of the fork that failed. */
+struct msg_spawned { uint64_t seq; int32_t pid; int32_t error; };
 /* Tasks FIRST .. FIRST + COUNT - 1 of a worker's sequence (1 <= COUNT <=
  * PROTO_MAX_BATCH).  Decoded, INPUTS and its strings are one allocation. */
 struct msg_tasks {
@@ -486,6 +504,8 @@ void pbuf_free(struct pbuf *b);
 void proto_put_hello(struct pbuf *b, const struct msg_hello *m);
 void proto_put_ready(struct pbuf *b, const struct msg_ready *m);
 void proto_put_fail(struct pbuf *b, const struct msg_fail *m);
+void proto_put_spawn(struct pbuf *b, const struct msg_spawn *m);
+void proto_put_spawned(struct pbuf *b, const struct msg_spawned *m);
 void proto_put_tasks(struct pbuf *b, const struct msg_tasks *m);
 /* A TASKS frame built one input at a time: begin, add each, end. */
 size_t proto_tasks_begin(struct pbuf *b, uint64_t first, double timeout_s);
@@ -510,6 +530,9 @@ int proto_get_cancel(const uint8_t *p, size_t len, struct msg_cancel *m);
 int proto_get_ack(const uint8_t *p, size_t len, struct msg_ack *m);
 int proto_get_result(const uint8_t *p, size_t len, struct msg_result *m);
 int proto_get_log(const uint8_t *p, size_t len, struct msg_log *m);
+int proto_get_spawn(const uint8_t *p, size_t len, struct msg_spawn *m);
+int proto_get_spawned(const uint8_t *p, size_t len, struct msg_spawned *m);
+void proto_spawn_free(struct msg_spawn *m);
 void proto_hello_free(struct msg_hello *m);
 void proto_fail_free(struct msg_fail *m);
 void proto_tasks_free(struct msg_tasks *m);
@@ -754,6 +777,31 @@ void sup_run_ended(struct sup_pool *sp);
 bool sup_is_worker(pid_t pid);
 bool sup_worker_seq_alive(unsigned long seq);
 const char *sup_worker_path(void);
+/* Variables of the daemon's environment that speak to it alone (systemd's
+ * sockets, our own tags): never passed to a worker. */
+bool sup_daemon_only_variable(const char *var);
+
+/* factory.c: the worker factory, a jobrund-worker that forks workers. */
+#define FACTORY_ARG "--factory"                 /* its argv[1] */
+#define FACTORY_MAX_REQUEST (128 * 1024)        /* a SPAWN frame, at most */
+#define FACTORY_UNAVAILABLE 1                   /* factory_spawn: exec it */
+#define FACTORY_LOST 2                          /* ...with new descriptors */
+void factory_configure(bool wanted);            /* the config's worker_factory */
+void factory_restart(void);                     /* start-up and reload */
+void factory_stop(void);
+pid_t factory_pid(void);                        /* 0: none */
+/* Fork a worker for JOB with ENVP, tagged SEQ, its FDS (socket end,
+ * output pipe, memory block) attached: 0 with *PID and *PIDFD; -1 with
+ * errno when the system has no process or memory for it;
+ * FACTORY_UNAVAILABLE when nothing was asked and the caller must exec
+ * the worker itself; FACTORY_LOST when the factory failed after it was
+ * asked (and is gone): FDS may have reached a process, which will exit
+ * when the caller closes its ends, so exec the worker with new ones. */
+int factory_spawn(unsigned long seq, const char *job, char *const envp[],
+		  const int fds[3], pid_t *pid, int *pidfd);
+/* worker_factory.c, in jobrund-worker: serve the daemon's requests;
+ * returns only in a new worker. */
+void factory_main(int argc, char **argv);
 /* What a pool's workers are doing, one call of CB per worker. */
 struct sup_worker_info {
 	pid_t pid;

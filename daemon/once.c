@@ -166,6 +166,8 @@ once_main(const char *file, char **names, int nnames, bool log_stderr)
 		fatal("epoll_create1");
 	loop_signals(on_signal, &st);
 	reaper_init();
+	factory_configure(cfg->worker_factory);
+	factory_restart();
 	tpool_setup();
 	hooks.task_done = print_result;
 	hooks.run_done = run_ended;
@@ -196,6 +198,7 @@ once_main(const char *file, char **names, int nnames, bool log_stderr)
 	free(selected);
 	cfg_free(cfg);
 	tpool_shutdown();
+	factory_stop();
 	loop_shutdown();
 	reaper_shutdown();
 	return rc;

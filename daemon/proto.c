@@ -9,7 +9,9 @@
  * decided by the claim word in the memory block it shares with the daemon
  * (struct proto_shm, see sup.c), so that the daemon can take back those
  * it has not started.  CANCEL asks the worker to stop a task; ACK tells it
- * that the daemon has taken what a task wrote to stdout/stderr.
+ * that the daemon has taken what a task wrote to stdout/stderr.  SPAWN
+ * and SPAWNED are the daemon's requests to the worker factory and their
+ * answers (factory.c, worker_factory.c).
  *
  * Frames are length-prefixed (u32 little endian, then a type byte) so a
  * reader never needs more than one frame in memory, and a frame larger
@@ -169,6 +171,30 @@ proto_put_fail(struct pbuf *b, const struct msg_fail *m)
 	size_t at = frame_begin(b, MSG_FAIL);
 
 	put_str(b, m->message);
+	frame_end(b, at);
+}
+
+void
+proto_put_spawn(struct pbuf *b, const struct msg_spawn *m)
+{
+	size_t at = frame_begin(b, MSG_SPAWN);
+
+	put_u64(b, m->seq);
+	put_str(b, m->job);
+	put_u32(b, m->nenv);
+	for (uint32_t i = 0; i < m->nenv; i++)
+		put_str(b, m->env[i]);
+	frame_end(b, at);
+}
+
+void
+proto_put_spawned(struct pbuf *b, const struct msg_spawned *m)
+{
+	size_t at = frame_begin(b, MSG_SPAWNED);
+
+	put_u64(b, m->seq);
+	put_u32(b, (uint32_t)m->pid);
+	put_u32(b, (uint32_t)m->error);
 	frame_end(b, at);
 }
 
@@ -430,6 +456,75 @@ proto_fail_free(struct msg_fail *m)
 {
 	free_str(m->message);
 	m->message = NULL;
+}
+
+int
+proto_get_spawn(const uint8_t *p, size_t len, struct msg_spawn *m)
+{
+	struct reader r = { p, len, false };
+	uint32_t nenv;
+	size_t bytes;
+	char *str;
+
+	memset(m, 0, sizeof *m);
+	m->seq = get_u64(&r);
+	m->job = get_str(&r, NULL);
+	nenv = get_u32(&r);
+	/* Each variable takes at least its 4-byte length: a count the
+	 * frame cannot hold is a lie, not an allocation to make. */
+	if (m->job == NULL || nenv > r.left / 4)
+		r.bad = true;
+	if (r.bad) {
+		proto_spawn_free(m);
+		errno = EPROTO;
+		return -1;
+	}
+	/* The array and its strings in one block: the strings need at most
+	 * what is left of the frame, plus a NUL each. */
+	bytes = ((size_t)nenv + 1) * sizeof *m->env;
+	m->env = xmalloc(bytes + r.left + nenv);
+	str = (char *)(m->env + nenv + 1);
+	for (uint32_t i = 0; i < nenv && !r.bad; i++) {
+		uint32_t n = get_u32(&r);
+
+		if (n == STR_NONE || !take(&r, n) || memchr(r.p, '\0', n)) {
+			r.bad = true;
+			break;
+		}
+		memcpy(str, r.p, n);
+		str[n] = '\0';
+		m->env[i] = str;
+		str += n + 1;
+		r.p += n;
+		r.left -= n;
+	}
+	m->env[nenv] = NULL;
+	m->nenv = nenv;
+	if (finish(&r) == -1) {
+		proto_spawn_free(m);
+		errno = EPROTO;
+		return -1;
+	}
+	return 0;
+}
+
+void
+proto_spawn_free(struct msg_spawn *m)
+{
+	free_str(m->job);
+	free((void *)(uintptr_t)m->env);
+	memset(m, 0, sizeof *m);
+}
+
+int
+proto_get_spawned(const uint8_t *p, size_t len, struct msg_spawned *m)
+{
+	struct reader r = { p, len, false };
+
+	m->seq = get_u64(&r);
+	m->pid = (int32_t)get_u32(&r);
+	m->error = (int32_t)get_u32(&r);
+	return finish(&r);
 }
 
 /* A string that stays in the frame: its bytes and length (*S NULL for

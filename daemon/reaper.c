@@ -133,7 +133,8 @@ read_tags(struct adoptee *a)
 	free(env);
 }
 
-/* Call FN for each child of the main thread that is not a worker. */
+/* Call FN for each child of the main thread that is not a worker (nor
+ * the worker factory). */
 static void
 for_each_adoptee(void (*fn)(struct adoptee *a, void *arg), void *arg)
 {
@@ -158,7 +159,8 @@ for_each_adoptee(void (*fn)(struct adoptee *a, void *arg), void *arg)
 	     tok = strtok_r(NULL, " \n", &save)) {
 		struct adoptee a = { .pid = (pid_t)atoi(tok) };
 
-		if (a.pid <= 0 || sup_is_worker(a.pid) || !read_state(&a))
+		if (a.pid <= 0 || sup_is_worker(a.pid) || a.pid == factory_pid() ||
+		    !read_state(&a))
 			continue;
 		fn(&a, arg);
 	}

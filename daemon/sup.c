@@ -1418,8 +1418,8 @@ on_exit_event(int fd, uint32_t events, void *arg)
 
 /* Variables that speak to jobrund itself, never to its workers: systemd's
  * notification and watchdog sockets, socket activation, our own tags. */
-static bool
-daemon_only_variable(const char *var)
+bool
+sup_daemon_only_variable(const char *var)
 {
 	static const char *const names[] = {
 		"JOBRUND_JOB=", "JOBRUND_WORKER=", "NOTIFY_SOCKET=", "WATCHDOG_USEC=",
@@ -1462,7 +1462,7 @@ worker_environment(const struct job_def *def, unsigned long seq)
 		cap = count + 3;
 		envp = xcalloc(cap, sizeof *envp);
 		for (char **e = environ; *e; e++)
-			if (!daemon_only_variable(*e))
+			if (!sup_daemon_only_variable(*e))
 				envp[n++] = xstrdup(*e);
 	}
 	envp[n++] = xasprintf("JOBRUND_JOB=%s", def->name);
@@ -1471,22 +1471,93 @@ worker_environment(const struct job_def *def, unsigned long seq)
 	return envp;
 }
 
+/* Close what spawn_worker made for a worker it did not start; errno
+ * kept. */
+static void
+close_spawn_fds(const int sv[2], const int outp[2], int memfd, void *shm)
+{
+	int err = errno;
+
+	if (shm != MAP_FAILED)
+		munmap(shm, PROTO_SHM_SIZE);
+	if (memfd != -1)
+		close(memfd);
+	for (int i = 0; i < 2; i++) {
+		if (sv[i] != -1)
+			close(sv[i]);
+		if (outp[i] != -1)
+			close(outp[i]);
+	}
+	errno = err;
+}
+
+/* Exec a worker for SP with posix_spawn, its FDS (socket end, output
+ * pipe, memory block) as fds 3, 1 and 2, and 4.  0, or -1 with errno. */
 static int
-spawn_worker(struct sup_pool *sp)
+exec_worker(struct sup_pool *sp, char *const envp[], const int fds[3], pid_t *pid,
+	    int *pidfd)
 {
 	const char *path = sup_worker_path();
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
 	sigset_t none, all;
+	char *argv[2];
+	int rc;
+
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+	posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+	posix_spawn_file_actions_adddup2(&fa, fds[0], 3);
+	posix_spawn_file_actions_adddup2(&fa, fds[2], 4);
+	posix_spawnattr_init(&attr);
+	sigemptyset(&none);
+	sigfillset(&all);
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setsigdefault(&attr, &all);
+	posix_spawnattr_setpgroup(&attr, 0);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+				 POSIX_SPAWN_SETPGROUP);
+	argv[0] = xasprintf("jobrund-worker: %s", sp->def->name);
+	argv[1] = NULL;
+	rc = posix_spawn(pid, path, &fa, &attr, argv, envp);
+	free(argv[0]);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&attr);
+	if (rc != 0) {
+		errno = rc;
+		log_warn("job %s: cannot start worker %s", sp->def->name, path);
+		return -1;
+	}
+	*pidfd = pidfd_open(*pid, 0);
+	if (*pidfd == -1) {
+		/* Only on kernels before 5.3: refuse rather than supervise by
+		 * pid, which could hit a recycled process. */
+		log_warn("job %s: pidfd_open(%d)", sp->def->name, (int)*pid);
+		kill(*pid, SIGKILL);
+		waitpid(*pid, NULL, 0);
+		return -1;
+	}
+	fcntl(*pidfd, F_SETFD, FD_CLOEXEC);
+	return 0;
+}
+
+/* Start a worker for SP: forked by the worker factory (factory.c) when
+ * it can, else exec'd. */
+static int
+spawn_worker(struct sup_pool *sp)
+{
 	int sv[2] = { -1, -1 }, outp[2] = { -1, -1 }, memfd = -1;
 	void *shm = MAP_FAILED;
-	char *argv[2], **envp;
+	char **envp;
 	unsigned long seq;
 	struct worker *w;
 	struct msg_hello hello;
 	pid_t pid;
-	int rc, pidfd;
+	int rc, pidfd, fds[3];
+	bool factory_failed = false, forked;
 
+again:
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1)
 		goto fail;
 	if (pipe2(outp, O_CLOEXEC) == -1)
@@ -1500,52 +1571,33 @@ spawn_worker(struct sup_pool *sp)
 	if (shm == MAP_FAILED)
 		goto fail;
 
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_adddup2(&fa, outp[1], 1);
-	posix_spawn_file_actions_adddup2(&fa, outp[1], 2);
-	posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
-	posix_spawn_file_actions_adddup2(&fa, memfd, 4);
-	posix_spawnattr_init(&attr);
-	sigemptyset(&none);
-	sigfillset(&all);
-	posix_spawnattr_setsigmask(&attr, &none);
-	posix_spawnattr_setsigdefault(&attr, &all);
-	posix_spawnattr_setpgroup(&attr, 0);
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-				 POSIX_SPAWN_SETPGROUP);
-	argv[0] = xasprintf("jobrund-worker: %s", sp->def->name);
-	argv[1] = NULL;
 	seq = ++worker_seq;
 	envp = worker_environment(sp->def, seq);
-	rc = posix_spawn(&pid, path, &fa, &attr, argv, envp);
-	free(argv[0]);
+	fds[0] = sv[1];
+	fds[1] = outp[1];
+	fds[2] = memfd;
+	rc = factory_failed ? FACTORY_UNAVAILABLE :
+	     factory_spawn(seq, sp->def->name, envp, fds, &pid, &pidfd);
+	forked = rc == 0;
+	if (rc == FACTORY_UNAVAILABLE)
+		rc = exec_worker(sp, envp, fds, &pid, &pidfd);
 	for (char **e = envp; *e; e++)
 		free(*e);
 	free(envp);
-	posix_spawn_file_actions_destroy(&fa);
-	posix_spawnattr_destroy(&attr);
-	if (rc != 0) {
-		errno = rc;
-		log_warn("job %s: cannot start worker %s", sp->def->name, path);
-		goto fail;
+	if (rc == FACTORY_LOST) {
+		/* What it may have forked holds these: start over. */
+		factory_failed = true;
+		close_spawn_fds(sv, outp, memfd, shm);
+		sv[0] = sv[1] = outp[0] = outp[1] = memfd = -1;
+		shm = MAP_FAILED;
+		goto again;
 	}
+	if (rc != 0)
+		goto fail;
 	close(sv[1]);
 	close(outp[1]);
 	close(memfd);
 	sv[1] = outp[1] = memfd = -1;
-
-	pidfd = pidfd_open(pid, 0);
-	if (pidfd == -1) {
-		/* Only on kernels before 5.3: refuse rather than supervise by
-		 * pid, which could hit a recycled process. */
-		log_warn("job %s: pidfd_open(%d)", sp->def->name, (int)pid);
-		kill(pid, SIGKILL);
-		waitpid(pid, NULL, 0);
-		sv[1] = outp[1] = -1;
-		goto fail;
-	}
-	fcntl(pidfd, F_SETFD, FD_CLOEXEC);
 	set_cloexec_nonblock(sv[0]);
 	set_cloexec_nonblock(outp[0]);
 
@@ -1592,23 +1644,12 @@ spawn_worker(struct sup_pool *sp)
 	worker_flush(w);
 	/* A plugin whose init hangs must not hold the job's tasks for ever. */
 	arm_deadline(w, STARTUP_TIMEOUT);
-	log_debug("job %s: started worker %d", sp->def->name, (int)pid);
+	log_debug("job %s: started worker %d (%s)", sp->def->name, (int)pid,
+		  forked ? "forked by the worker factory" : "exec'd");
 	return 0;
 
 fail:
-	if (shm != MAP_FAILED) {
-		int err = errno;
-		munmap(shm, PROTO_SHM_SIZE);
-		errno = err;
-	}
-	if (memfd != -1)
-		close(memfd);
-	for (int i = 0; i < 2; i++) {
-		if (sv[i] != -1)
-			close(sv[i]);
-		if (outp[i] != -1)
-			close(outp[i]);
-	}
+	close_spawn_fds(sv, outp, memfd, shm);
 	return -1;
 }
 

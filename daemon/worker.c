@@ -608,7 +608,10 @@ main(int argc, char **argv)
 	int rc;
 	bool ring;
 
-	(void)argc;
+	/* The worker factory returns here only in a worker it forked, set up
+	 * as if exec'd. */
+	if (argc > 1 && strcmp(argv[1], FACTORY_ARG) == 0)
+		factory_main(argc, argv);
 	if (fstat(WORKER_FD, &st) == -1 || !S_ISSOCK(st.st_mode)) {
 		fprintf(stderr, "%s: jobrund-worker is started by jobrund, not by hand\n",
 			argv[0]);

@@ -89,6 +89,21 @@ reencode(uint8_t type, const uint8_t *p, size_t len, struct pbuf *out)
 		proto_log_free(&m);
 		return true;
 	}
+	case MSG_SPAWN: {
+		struct msg_spawn m;
+		if (proto_get_spawn(p, len, &m) == -1)
+			return false;
+		proto_put_spawn(out, &m);
+		proto_spawn_free(&m);
+		return true;
+	}
+	case MSG_SPAWNED: {
+		struct msg_spawned m;
+		if (proto_get_spawned(p, len, &m) == -1)
+			return false;
+		proto_put_spawned(out, &m);
+		return true;
+	}
 	default:
 		return false;
 	}

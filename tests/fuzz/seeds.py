@@ -113,7 +113,7 @@ def configs():
 
 # --- proto (daemon/proto.c's framing) ----------------------------------------
 
-HELLO, READY, FAIL, TASKS, CANCEL, RESULT, LOG, ACK = range(1, 9)
+HELLO, READY, FAIL, TASKS, CANCEL, RESULT, LOG, ACK, SPAWN, SPAWNED = range(1, 11)
 VERSION = 3
 NONE = 0xffffffff
 RLIMITS = 5
@@ -175,6 +175,9 @@ def proto():
         "result-failed": result(9, 1, b"", "bad input"),
         "result-binary": result(10, 0, bytes(range(256))),
         "log": frame(LOG, u32(4) + s("a plugin says hello")),
+        "spawn": frame(SPAWN, u64(5) + s("nightly") + u32(3) + s("PATH=/bin") + s("") +
+                       s("JOBRUND_WORKER=4242.5")),
+        "spawned": frame(SPAWNED, u64(5) + u32(4243) + u32(0)),
     }
     conv = hello() + frame(READY, u32(VERSION) + u32(1)) + tasks(0, ["0", "1"], 1.0) + \
         b"".join(frame(LOG, u32(6) + s("x")) + result(i) for i in range(2)) + \

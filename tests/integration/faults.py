@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 
-from jrtest import (BUILDDIR, Daemon, JOBRUND, children_of, TIMEOUT, exhaust_descriptors, main,
+from jrtest import (BUILDDIR, Daemon, JOBRUND, workers_of, TIMEOUT, exhaust_descriptors, main,
                     processes_matching, run, wait_for)
 
 JOBRUNCTL = os.path.join(BUILDDIR, "jobrunctl")
@@ -346,7 +346,7 @@ def test_out_of_descriptors(tap, env):
     d.signal(signal.SIGHUP)
     tap.ok(d.wait_log(r"reloaded .*1 changed"), "out of descriptors: reloaded",
            d.log()[-3:])
-    tap.ok(wait_for(lambda: not children_of(d.pid)), "out of descriptors: workers gone")
+    tap.ok(wait_for(lambda: not workers_of(d.pid)), "out of descriptors: workers gone")
     tap.eq(settled_fd_count(d.pid), before, "out of descriptors: no descriptor "
            "leaked by the spawns that failed")
     d.signal(signal.SIGTERM)

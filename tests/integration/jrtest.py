@@ -225,6 +225,33 @@ def children_of(pid, state=None):
     return found
 
 
+FACTORY_TITLE = "jobrund: worker factory"
+
+
+def cmdline(pid):
+    """PID's command line, its arguments joined by spaces ("" if gone)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().rstrip(b"\0").replace(b"\0", b" ").decode(
+                errors="replace")
+    except OSError:
+        return ""
+
+
+def factory_of(pid):
+    """The pid of daemon PID's worker factory, or None."""
+    for child in children_of(pid):
+        if cmdline(child) == FACTORY_TITLE:
+            return child
+    return None
+
+
+def workers_of(pid, state=None):
+    """PID's children but its worker factory: its workers (and the
+    processes it adopted)."""
+    return [c for c in children_of(pid, state) if cmdline(c) != FACTORY_TITLE]
+
+
 def exhaust_descriptors(env, pid, spare=8, clients=40):
     """Leave daemon PID SPARE descriptors above what it has open now
     (prlimit), then take them, and more, with idle clients of ENV's

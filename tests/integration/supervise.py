@@ -12,7 +12,7 @@ import signal
 import subprocess
 
 import jrtest
-from jrtest import (BUILDDIR, Daemon, children_of, JOBRUND, TIMEOUT, main, processes_matching,
+from jrtest import (BUILDDIR, Daemon, children_of, workers_of, JOBRUND, TIMEOUT, main, processes_matching,
                     wait_for)
 
 
@@ -272,7 +272,7 @@ def test_hygiene_many_lifetimes(tap, env):
         tap.ok(d.wait_log(r"job life: run %d finished in [0-9.]+s: %d ok, 0 not ok"
                           % (run, n)), "run %d: logged as %d ok" % (run, n))
         # Gone means reaped: a worker's descriptors close as it is reaped.
-        tap.ok(wait_for(lambda: not children_of(d.pid)), "run %d: workers gone" % run)
+        tap.ok(wait_for(lambda: not workers_of(d.pid)), "run %d: workers gone" % run)
         counts.append(fd_count(d.pid))
     tap.ok([d.count(r"job life run %d task \d+ input=pid: ok" % run) for run in (1, 2)]
            == [n, n], "every task's result is accounted for",

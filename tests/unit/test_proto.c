@@ -297,6 +297,59 @@ test_small_messages_roundtrip(void **state)
 	pbuf_free(&b);
 }
 
+/* The worker factory's request and answer: the environment comes back
+ * whole and NULL-terminated; a count the frame cannot hold, a variable
+ * with a NUL inside and every truncation are refused. */
+static void
+test_spawn_roundtrip(void **state)
+{
+	const char *env[] = { "PATH=/bin", "", "JOBRUND_WORKER=1.2", NULL };
+	struct msg_spawn rq = { .seq = 1ull << 33, .job = "nightly", .nenv = 3,
+				.env = env }, rq2;
+	struct msg_spawned ans = { .seq = 9, .pid = 1234, .error = 0 }, ans2;
+	struct pbuf b = { 0 };
+	const uint8_t *p;
+	uint8_t type, *copy;
+	size_t len;
+
+	(void)state;
+	proto_put_spawn(&b, &rq);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(type, MSG_SPAWN);
+	assert_int_equal(proto_get_spawn(p, len, &rq2), 0);
+	assert_true(rq2.seq == 1ull << 33);
+	assert_string_equal(rq2.job, "nightly");
+	assert_int_equal(rq2.nenv, 3);
+	for (int i = 0; i < 3; i++)
+		assert_string_equal(rq2.env[i], env[i]);
+	assert_null(rq2.env[3]);
+	proto_spawn_free(&rq2);
+	for (size_t cut = 0; cut < len; cut++)
+		assert_int_equal(proto_get_spawn(p, cut, &rq2), -1);
+
+	/* nenv (after seq and the job string) says 2^32 - 1 variables. */
+	copy = malloc(len);
+	memcpy(copy, p, len);
+	memset(copy + 8 + 4 + 7, 0xff, 4);
+	errno = 0;
+	assert_int_equal(proto_get_spawn(copy, len, &rq2), -1);
+	assert_int_equal(errno, EPROTO);
+	/* The first variable's P turned into a NUL. */
+	memcpy(copy, p, len);
+	copy[8 + 4 + 7 + 4 + 4] = '\0';
+	assert_int_equal(proto_get_spawn(copy, len, &rq2), -1);
+	free(copy);
+
+	b.len = 0;
+	proto_put_spawned(&b, &ans);
+	p = frame_payload(&b, &type, &len);
+	assert_int_equal(type, MSG_SPAWNED);
+	assert_int_equal(proto_get_spawned(p, len, &ans2), 0);
+	assert_true(ans2.seq == 9 && ans2.pid == 1234 && ans2.error == 0);
+	assert_int_equal(proto_get_spawned(p, len - 1, &ans2), -1);
+	pbuf_free(&b);
+}
+
 /* Every truncation of a valid payload, and one byte too many, is refused. */
 static void
 test_truncated_and_padded(void **state)
@@ -488,6 +541,7 @@ main(void)
 		cmocka_unit_test(test_tasks_hostile),
 		cmocka_unit_test(test_claim_word),
 		cmocka_unit_test(test_small_messages_roundtrip),
+		cmocka_unit_test(test_spawn_roundtrip),
 		cmocka_unit_test(test_truncated_and_padded),
 		cmocka_unit_test(test_hostile_fields),
 		cmocka_unit_test(test_pconn_framing),

@@ -1,0 +1,421 @@
+/*
+ * factory.c - the worker factory, from the daemon's side: start it, ask
+ * it for workers, notice when it is gone.
+ *
+ * A process-mode worker started with posix_spawn costs an exec and the
+ * dynamic linking of jobrund-worker: 1-2 ms before it can load its
+ * plugin, with the daemon's main thread waiting for the exec.  The
+ * factory is one jobrund-worker started once (worker_factory.c), which
+ * forks workers on request: a few hundred microseconds each, the main
+ * thread waiting only for the fork.  Workers it forks are born the
+ * daemon's children (CLONE_PARENT), so sup.c supervises them exactly as
+ * the ones it spawns itself.
+ *
+ * Used when the config's worker_factory is true (the default) and the
+ * worker's environment does not set a variable the dynamic loader reads
+ * only at exec (LD_*, GLIBC_TUNABLES): such a worker is exec'd.  When the
+ * factory cannot work here (it says why, once), cannot be started, dies
+ * or stops answering, workers are exec'd with posix_spawn; the factory is
+ * started again at the first spawn FACTORY_RETRY_S later (not when it
+ * cannot work here), and at every reload (which also picks up a
+ * jobrund-worker replaced by an upgrade).
+ *
+ * Requests are synchronous: the main thread sends SPAWN and waits, at
+ * most FACTORY_ANSWER_S, for SPAWNED.  So a worker's pid is known before
+ * the loop runs again, and the reaper never meets a worker of ours it
+ * does not know.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "jobrund.h"
+
+#define FACTORY_FD 3
+#define FACTORY_ANSWER_S 2.0            /* a fork takes < 1 ms */
+#define FACTORY_RETRY_S 5.0             /* after it failed or died */
+
+static struct {
+	bool wanted;                    /* the config's worker_factory */
+	bool cannot;                    /* it said it cannot work here */
+	pid_t pid;                      /* 0: not running */
+	int pidfd, sock;
+	struct loop_watch *pid_w;
+	double retry_at;                /* mono_now(): not started before */
+} fac = { .pidfd = -1, .sock = -1 };
+
+/* Forget the factory, killing it if it still runs; WHY for the log (NULL:
+ * a deliberate stop, nothing to say). */
+static void
+drop(const char *why)
+{
+	if (fac.pid == 0)
+		return;
+	if (why)
+		log_msg(LOG_WARNING, "worker factory %d: %s; workers are started "
+			"with posix_spawn until it is restarted", (int)fac.pid, why);
+	if (fac.pid_w)
+		loop_remove(fac.pid_w);
+	fac.pid_w = NULL;
+	close(fac.sock);
+	fac.sock = -1;
+	/* Closing its socket ends it; SIGKILL covers a factory that hangs. */
+	pidfd_send_signal(fac.pidfd, SIGKILL, NULL, 0);
+	while (waitid(P_PIDFD, (id_t)fac.pidfd, &(siginfo_t){ 0 }, WEXITED) == -1 &&
+	       errno == EINTR)
+		;
+	close(fac.pidfd);
+	fac.pidfd = -1;
+	fac.pid = 0;
+	if (why)
+		fac.retry_at = mono_now() + FACTORY_RETRY_S;
+}
+
+static void
+on_exit_event(int fd, uint32_t events, void *arg)
+{
+	siginfo_t si = { 0 };
+	char why[96];
+
+	(void)fd;
+	(void)events;
+	(void)arg;
+	if (waitid(P_PIDFD, (id_t)fac.pidfd, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+	    si.si_pid == 0)
+		return;         /* not yet */
+	if (si.si_code == CLD_EXITED)
+		snprintf(why, sizeof why, "exited with status %d", si.si_status);
+	else
+		snprintf(why, sizeof why, "killed by signal %d (%s)", si.si_status,
+			 sigabbrev_np(si.si_status) ? sigabbrev_np(si.si_status) : "?");
+	drop(why);
+}
+
+/* Wait for a frame on the factory's socket: its type and payload in BUF,
+ * and in *FD a descriptor sent with it (-1: none).  -1 with errno. */
+static int
+receive(uint8_t *buf, size_t size, uint8_t *type, const uint8_t **payload,
+	size_t *plen, int *fd)
+{
+	struct iovec iov = { buf, size };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} cm;
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cm.buf, .msg_controllen = sizeof cm.buf };
+	struct pollfd pfd = { fac.sock, POLLIN, 0 };
+	double until = mono_now() + FACTORY_ANSWER_S;
+	size_t off = 0;
+	ssize_t n;
+
+	*fd = -1;
+	for (;;) {
+		int ms = (int)((until - mono_now()) * 1000) + 1;
+		int rc = ms > 0 ? poll(&pfd, 1, ms) : 0;
+
+		if (rc == 1)
+			break;
+		if (rc == 0) {
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		if (errno != EINTR)
+			return -1;
+	}
+	n = recvmsg(fac.sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); n >= 0 && c;
+	     c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+		    c->cmsg_len == CMSG_LEN(sizeof(int)))
+			memcpy(fd, CMSG_DATA(c), sizeof *fd);
+	if (n == 0)
+		errno = ECONNRESET;
+	if (n <= 0)
+		return -1;
+	if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
+	    proto_next_frame(buf, (size_t)n, &off, type, payload, plen) != 1 ||
+	    off != (size_t)n) {
+		if (*fd != -1)
+			close(*fd);
+		*fd = -1;
+		errno = EPROTO;
+		return -1;
+	}
+	return 0;
+}
+
+/* jobrund-worker's argument strings leave room for a worker's title, its
+ * environment for the tags (worker_factory.c writes them there). */
+static char **
+factory_environment(void)
+{
+	size_t n = 0, count = 0;
+	char **envp;
+
+	for (char **e = environ; *e; e++)
+		count++;
+	envp = xcalloc(count + 3, sizeof *envp);
+	for (char **e = environ; *e; e++)
+		if (!sup_daemon_only_variable(*e))
+			envp[n++] = xstrdup(*e);
+	envp[n++] = xasprintf("JOBRUND_JOB=%*s", JOB_NAME_MAX, "");
+	envp[n++] = xasprintf("JOBRUND_WORKER=%*s", 40, "");
+	envp[n] = NULL;
+	return envp;
+}
+
+/* Start the factory.  On the main thread, always: the factory's parent
+ * thread becomes its workers' (CLONE_PARENT), and their death signal
+ * (PR_SET_PDEATHSIG) fires when that thread ends. */
+static void
+start(void)
+{
+	const char *path = sup_worker_path();
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	sigset_t none, all;
+	char title[] = "jobrund: worker factory", arg[] = FACTORY_ARG;
+	char room[JOB_NAME_MAX + 24];
+	char *argv[4], **envp;
+	int sv[2], rc, fd;
+	uint8_t buf[256], type;
+	const uint8_t *payload;
+	size_t plen;
+	struct msg_ready ready;
+	pid_t pid;
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1) {
+		log_warn("worker factory: socketpair");
+		fac.retry_at = mono_now() + FACTORY_RETRY_S;
+		return;
+	}
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+	posix_spawn_file_actions_adddup2(&fa, sv[1], FACTORY_FD);
+	posix_spawnattr_init(&attr);
+	sigemptyset(&none);
+	sigfillset(&all);
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setsigdefault(&attr, &all);
+	posix_spawnattr_setpgroup(&attr, 0);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+				 POSIX_SPAWN_SETPGROUP);
+	memset(room, ' ', sizeof room - 1);
+	room[sizeof room - 1] = '\0';
+	argv[0] = title;
+	argv[1] = arg;
+	argv[2] = room;
+	argv[3] = NULL;
+	envp = factory_environment();
+	rc = posix_spawn(&pid, path, &fa, &attr, argv, envp);
+	for (char **e = envp; *e; e++)
+		free(*e);
+	free(envp);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&attr);
+	close(sv[1]);
+	if (rc != 0) {
+		errno = rc;
+		log_warn("worker factory: cannot start %s", path);
+		close(sv[0]);
+		fac.retry_at = mono_now() + FACTORY_RETRY_S;
+		return;
+	}
+	fac.pid = pid;
+	fac.sock = sv[0];
+	fac.pidfd = pidfd_open(pid, 0);
+	if (fac.pidfd == -1) {
+		log_warn("worker factory: pidfd_open(%d)", (int)pid);
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		close(fac.sock);
+		fac.sock = -1;
+		fac.pid = 0;
+		fac.retry_at = mono_now() + FACTORY_RETRY_S;
+		return;
+	}
+	fcntl(fac.pidfd, F_SETFD, FD_CLOEXEC);
+	if (receive(buf, sizeof buf, &type, &payload, &plen, &fd) == -1) {
+		drop(errno == ETIMEDOUT ? "did not start in time" :
+		     "did not start (see its messages above)");
+		return;
+	}
+	if (fd != -1)
+		close(fd);
+	if (type == MSG_FAIL) {
+		struct msg_fail fail;
+
+		/* A property of this kernel or sandbox: retried at reload
+		 * only. */
+		if (proto_get_fail(payload, plen, &fail) == 0) {
+			log_msg(LOG_NOTICE, "worker factory cannot work here (%s): "
+				"workers are started with posix_spawn", fail.message);
+			proto_fail_free(&fail);
+		}
+		drop(NULL);
+		fac.cannot = true;
+		return;
+	}
+	if (type != MSG_READY || proto_get_ready(payload, plen, &ready) == -1 ||
+	    ready.version != PROTO_VERSION) {
+		drop("is from another build of jobrund (protocol version differs)");
+		return;
+	}
+	fac.pid_w = loop_add(fac.pidfd, EPOLLIN, on_exit_event, NULL);
+	log_msg(LOG_INFO, "worker factory %d started", (int)pid);
+}
+
+void
+factory_configure(bool wanted)
+{
+	fac.wanted = wanted;
+	if (!wanted)
+		drop(NULL);
+}
+
+void
+factory_restart(void)
+{
+	drop(NULL);
+	fac.retry_at = 0;
+	fac.cannot = false;
+	if (fac.wanted)
+		start();
+}
+
+void
+factory_stop(void)
+{
+	drop(NULL);
+}
+
+pid_t
+factory_pid(void)
+{
+	return fac.pid;
+}
+
+/* Would the dynamic loader of an exec'd worker read VAR?  Then the
+ * worker must be exec'd: a fork has long passed that point. */
+static bool
+loader_variable(const char *var)
+{
+	return strncmp(var, "LD_", 3) == 0 || strncmp(var, "GLIBC_TUNABLES=", 15) == 0;
+}
+
+int
+factory_spawn(unsigned long seq, const char *job, char *const envp[], const int fds[3],
+	      pid_t *pid, int *pidfd)
+{
+	struct msg_spawn rq = { .seq = seq, .job = job };
+	struct msg_spawned ans;
+	struct pbuf b = { 0 };
+	uint8_t buf[256], type;
+	const uint8_t *payload;
+	size_t plen;
+	int fd = -1;
+
+	if (!fac.wanted)
+		return FACTORY_UNAVAILABLE;
+	for (char *const *e = envp; *e; e++) {
+		if (loader_variable(*e))
+			return FACTORY_UNAVAILABLE;
+		rq.nenv++;
+	}
+	if (fac.pid == 0 && !fac.cannot && mono_now() >= fac.retry_at)
+		start();
+	if (fac.pid == 0)
+		return FACTORY_UNAVAILABLE;
+	rq.env = (const char **)(uintptr_t)envp;
+	proto_put_spawn(&b, &rq);
+	if (b.len > FACTORY_MAX_REQUEST) {
+		log_debug("job %s: environment too large for the worker factory", job);
+		pbuf_free(&b);
+		return FACTORY_UNAVAILABLE;
+	}
+
+	{
+		struct iovec iov = { b.data, b.len };
+		union {
+			char buf[CMSG_SPACE(3 * sizeof(int))];
+			struct cmsghdr align;
+		} cm;
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+				     .msg_control = cm.buf,
+				     .msg_controllen = sizeof cm.buf };
+		struct cmsghdr *c;
+		ssize_t n;
+
+		memset(&cm, 0, sizeof cm);
+		c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(3 * sizeof(int));
+		memcpy(CMSG_DATA(c), fds, 3 * sizeof(int));
+		do
+			n = sendmsg(fac.sock, &mh, MSG_NOSIGNAL);
+		while (n == -1 && errno == EINTR);
+		pbuf_free(&b);
+		if (n == -1 && errno == EMSGSIZE) {
+			/* More than this socket takes in one message (a small
+			 * wmem_max): this worker is exec'd, the factory stays. */
+			log_debug("job %s: environment too large for the worker "
+				  "factory's socket", job);
+			return FACTORY_UNAVAILABLE;
+		}
+		if (n == -1) {
+			char why[128];
+
+			snprintf(why, sizeof why, "cannot take a request: %s",
+				 strerror(errno));
+			drop(why);
+			return FACTORY_UNAVAILABLE;
+		}
+	}
+
+	/* From here the factory may have forked a worker holding FDS: the
+	 * caller must not hand them to another.  A worker we never hear
+	 * of sees its socket close with them and exits. */
+	if (receive(buf, sizeof buf, &type, &payload, &plen, &fd) == -1 ||
+	    type != MSG_SPAWNED || proto_get_spawned(payload, plen, &ans) == -1 ||
+	    ans.seq != seq || (ans.error == 0 && (fd == -1 || ans.pid <= 0))) {
+		int err = errno;
+
+		if (fd != -1)
+			close(fd);
+		drop(err == ETIMEDOUT ? "did not answer in time" :
+		     "answered what is not an answer");
+		return FACTORY_LOST;
+	}
+	if (fd != -1 && ans.error != 0)
+		close(fd);
+	if (ans.error == EAGAIN || ans.error == ENOMEM) {
+		/* Out of processes or memory: an exec would be too. */
+		errno = ans.error;
+		return -1;
+	}
+	if (ans.error != 0) {
+		char why[128];
+
+		snprintf(why, sizeof why, "cannot fork: %s", strerror(ans.error));
+		drop(why);
+		return FACTORY_LOST;
+	}
+	*pid = ans.pid;
+	*pidfd = fd;
+	return 0;
+}

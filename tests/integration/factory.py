@@ -1,0 +1,218 @@
+"""The worker factory: process-mode workers forked from a jobrund-worker the
+daemon started once, not exec'd one by one.  A forked worker must be what
+an exec'd one is (the daemon's child, its own process group, its name in
+ps, its tags, its job's environment); the daemon must get by without the
+factory (turned off, killed, hung, a job whose environment the dynamic
+loader must see) and take it down with it.
+
+Runs the real daemon and talks to it with the real jobrunctl.
+"""
+
+import json
+import os
+import signal
+import stat
+
+from jrtest import (BUILDDIR, Daemon, FACTORY_TITLE, children_of, cmdline, factory_of,
+                    main, run, wait_for, workers_of)
+
+JOBRUNCTL = os.path.join(BUILDDIR, "jobrunctl")
+WORKER = os.path.join(BUILDDIR, "jobrund-worker")
+
+
+def job(name, inputs=('"pid"', '"pid"'), extra=""):
+    """A @manual process-mode job of the crash test plugin, whose tasks
+    answer what they are asked about their worker ("pid", "env:NAME").
+    Each worker serves one task, so every run starts its own."""
+    return ('{ name = "%s"; plugin = "crash"; mode = "process"; workers = 2; '
+            'schedule = "@manual"; max_tasks_per_worker = 1; inputs = [ %s ]; %s }'
+            % (name, ", ".join(inputs), extra))
+
+
+def config(env, jobs, extra=""):
+    """A config of JOBS logging at debug level, where each worker's start
+    is logged with how it started."""
+    path = env.config(jobs, extra=extra)
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace('log_level = "info";', 'log_level = "debug";'))
+    return path
+
+
+def ctl(env, *args):
+    return run([JOBRUNCTL, "-s", env.socket] + list(args))
+
+
+def results(env, name):
+    rc, out, err = ctl(env, "--json", "run", name, "--wait")
+    return rc, [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def outputs(env, name):
+    rc, res = results(env, name)
+    if rc != 0 or not all(r["status"] == "ok" for r in res):
+        return None
+    return [r["output"] for r in sorted(res, key=lambda r: r["index"])]
+
+
+def start(tap, env, cfg):
+    d = Daemon(env, cfg)
+    tap.ok(d.wait_log("jobs? active") and wait_for(lambda: ctl(env, "version")[0] == 0),
+           "the daemon is up", d.log()[-5:])
+    return d
+
+
+def stat_of(pid):
+    """(state, ppid, pgid) of PID from /proc/PID/stat."""
+    with open("/proc/%d/stat" % pid) as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return rest[0], int(rest[1]), int(rest[2])
+
+
+def tags(pid):
+    """The JOBRUND_* variables /proc/PID/environ shows."""
+    with open("/proc/%d/environ" % pid, "rb") as f:
+        env = f.read().split(b"\0")
+    return dict(v.decode().split("=", 1) for v in env if v.startswith(b"JOBRUND_"))
+
+
+def forked_and_execd(d, name):
+    """How many of NAME's workers the log says were forked, and exec'd."""
+    return (d.count(r"job %s: started worker \d+ \(forked by the worker factory\)" % name),
+            d.count(r"job %s: started worker \d+ \(exec'd\)" % name))
+
+
+def test_forked_workers_are_as_execd(tap, env):
+    cfg = config(env, job("forked", ('"pid"', '"pid"', '"env:FOO"', '"env:JOBRUND_JOB"'),
+                         'env = { FOO = "bar"; }; prestart = true;'))
+    d = start(tap, env, cfg)
+    fac = wait_for(lambda: factory_of(d.pid))
+    tap.ok(fac, "the daemon has a worker factory, its child, named %r in ps"
+           % FACTORY_TITLE, [cmdline(c) for c in children_of(d.pid)])
+    tap.ok(d.wait_log(r"worker factory %d started" % (fac or 0)), "and says so")
+    tap.ok(wait_for(lambda: len(workers_of(d.pid)) == 2), "the prestarted pool is up")
+    pids = workers_of(d.pid)
+    tap.eq(forked_and_execd(d, "forked"), (2, 0), "both workers were forked by it")
+    for pid in pids:
+        state, ppid, pgid = stat_of(pid)
+        tap.eq((ppid, pgid), (d.pid, pid),
+               "worker %d: the daemon's child, leading its own process group" % pid)
+        tap.eq(cmdline(pid), "jobrund-worker: forked", "worker %d: named for ps and "
+               "pkill -f" % pid)
+        with open("/proc/%d/comm" % pid) as f:
+            tap.eq(f.read().strip(), "jobrund-worker", "worker %d: comm" % pid)
+        t = tags(pid)
+        tap.eq(t.get("JOBRUND_JOB"), "forked", "worker %d: /proc environ has its "
+               "job tag" % pid, )
+        tap.ok(t.get("JOBRUND_WORKER", "").startswith("%d." % d.pid),
+               "worker %d: and its worker tag" % pid, t)
+    out = outputs(env, "forked")
+    tap.ok(out and set(out[:2]) <= {str(p) for p in pids},
+           "the run is served by them", out)
+    tap.eq(out[2:] if out else None, ["bar", "forked"],
+           "a task sees the job's environment and its tag")
+    with open("/proc/%d/environ" % fac, "rb") as f:
+        fac_env = f.read()
+    tap.ok(b"JOBRUND_WORKER=\0" in fac_env, "the factory itself carries no worker tag")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+    tap.ok(wait_for(lambda: not os.path.exists("/proc/%d" % fac)), "the factory is gone too")
+
+
+def test_factory_killed(tap, env):
+    cfg = config(env, job("after"))
+    d = start(tap, env, cfg)
+    fac = wait_for(lambda: factory_of(d.pid))
+    os.kill(fac, signal.SIGKILL)
+    tap.ok(d.wait_log(r"worker factory %d: killed by signal 9 \(KILL\); workers "
+                      r"are started with posix_spawn until it is restarted" % fac),
+           "a killed factory is noticed and said", d.log()[-5:])
+    tap.ok(wait_for(lambda: factory_of(d.pid) is None and
+                    not [p for p in children_of(d.pid, "Z")]),
+           "and reaped: no zombie")
+    tap.ok(outputs(env, "after"), "the next run still gets its workers")
+    tap.eq(forked_and_execd(d, "after"), (0, 2), "exec'd")
+    d.signal(signal.SIGHUP)
+    new = wait_for(lambda: factory_of(d.pid))
+    tap.ok(new and new != fac, "a reload starts a new factory")
+    tap.ok(outputs(env, "after"), "runs fork from it again")
+    tap.eq(forked_and_execd(d, "after"), (2, 2), "(2 forked)")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+def test_factory_off(tap, env):
+    cfg = config(env, job("plain"), extra='worker_factory = false;\n')
+    d = start(tap, env, cfg)
+    tap.ok(outputs(env, "plain"), "worker_factory = false: runs get workers")
+    tap.eq(forked_and_execd(d, "plain"), (0, 2), "exec'd")
+    tap.eq(factory_of(d.pid), None, "and no factory runs")
+    # Turned on by a reload, off by the next.
+    config(env, job("plain"))
+    d.signal(signal.SIGHUP)
+    tap.ok(wait_for(lambda: factory_of(d.pid)), "a reload with it on starts the factory")
+    tap.ok(outputs(env, "plain") and forked_and_execd(d, "plain") == (2, 2),
+           "and runs fork from it")
+    config(env, job("plain"), extra='worker_factory = false;\n')
+    d.signal(signal.SIGHUP)
+    tap.ok(wait_for(lambda: factory_of(d.pid) is None and d.count("reloaded") >= 2),
+           "a reload with it off stops it")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+def test_loader_environment_execs(tap, env):
+    """A variable the dynamic loader reads at exec would be lost on a
+    forked worker: such a job's workers are exec'd, the others' forked."""
+    cfg = config(env, ",\n".join([job("loader", ('"env:LD_BIND_NOW"', '"pid"'),
+                                     'env = { LD_BIND_NOW = "1"; };'),
+                                 job("other")]))
+    d = start(tap, env, cfg)
+    out = outputs(env, "loader")
+    tap.ok(out and out[0] == "1", "the job runs, its workers see LD_BIND_NOW", out)
+    tap.eq(forked_and_execd(d, "loader")[0], 0, "its workers were exec'd, not forked")
+    tap.ok(outputs(env, "other") and forked_and_execd(d, "other")[0] >= 1,
+           "another job's were forked")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+def test_hung_factory(tap, env):
+    """A factory that never says READY (here: a jobrund-worker stand-in
+    that sleeps when asked to be one) costs the daemon a bounded wait at
+    start-up, then workers are exec'd."""
+    fake = env.write("fake-worker", '#!/bin/sh\n'
+                     'if [ "$1" = "--factory" ]; then exec sleep 60; fi\n'
+                     'exec "%s" "$@"\n' % WORKER)
+    os.chmod(fake, stat.S_IRWXU)
+    cfg = config(env, job("hung"))
+    os.environ["JOBRUND_WORKER_PATH"] = fake
+    try:
+        d = start(tap, env, cfg)
+    finally:
+        del os.environ["JOBRUND_WORKER_PATH"]
+    tap.ok(d.wait_log(r"worker factory \d+: did not start in time"),
+           "the factory's silence is said", d.log()[-5:])
+    tap.ok(outputs(env, "hung"), "runs get exec'd workers")
+    tap.eq(forked_and_execd(d, "hung"), (0, 2), "(exec'd)")
+    tap.eq(workers_of(d.pid, "Z"), [], "no zombie left of it")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+def test_daemon_killed(tap, env):
+    cfg = config(env, job("orphans", ('"hang"', '"hang"')))
+    d = start(tap, env, cfg)
+    fac = wait_for(lambda: factory_of(d.pid))
+    ctl(env, "run", "orphans")
+    tap.ok(wait_for(lambda: len(workers_of(d.pid)) == 2), "two forked workers run tasks")
+    pids = workers_of(d.pid) + [fac]
+    d.kill()
+    tap.ok(wait_for(lambda: not any(os.path.exists("/proc/%d" % p) and
+                                    stat_of(p)[0] != "Z" for p in pids)),
+           "SIGKILL of the daemon takes its factory and workers with it")
+
+
+main([test_forked_workers_are_as_execd, test_factory_killed, test_factory_off,
+      test_loader_environment_execs, test_hung_factory, test_daemon_killed])
