@@ -186,7 +186,6 @@ start(void)
 	const char *path = sup_worker_path();
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
-	sigset_t none, all;
 	char title[] = "jobrund: worker factory", arg[] = FACTORY_ARG;
 	char room[JOB_NAME_MAX + 24];
 	char *argv[4], **envp;
@@ -206,14 +205,7 @@ start(void)
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
 	posix_spawn_file_actions_adddup2(&fa, sv[1], FACTORY_FD);
-	posix_spawnattr_init(&attr);
-	sigemptyset(&none);
-	sigfillset(&all);
-	posix_spawnattr_setsigmask(&attr, &none);
-	posix_spawnattr_setsigdefault(&attr, &all);
-	posix_spawnattr_setpgroup(&attr, 0);
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-				 POSIX_SPAWN_SETPGROUP);
+	sup_spawnattr_init(&attr);
 	memset(room, ' ', sizeof room - 1);
 	room[sizeof room - 1] = '\0';
 	argv[0] = title;

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <sys/types.h>
 #include <syslog.h>
@@ -780,6 +781,10 @@ const char *sup_worker_path(void);
 /* Variables of the daemon's environment that speak to it alone (systemd's
  * sockets, our own tags): never passed to a worker. */
 bool sup_daemon_only_variable(const char *var);
+/* Attributes for a child of the daemon: an empty signal mask, default
+ * dispositions (we block what our signalfd reads), its own process
+ * group.  posix_spawnattr_destroy when done. */
+void sup_spawnattr_init(posix_spawnattr_t *attr);
 
 /* factory.c: the worker factory, a jobrund-worker that forks workers. */
 #define FACTORY_ARG "--factory"                 /* its argv[1] */

@@ -1491,6 +1491,21 @@ close_spawn_fds(const int sv[2], const int outp[2], int memfd, void *shm)
 	errno = err;
 }
 
+void
+sup_spawnattr_init(posix_spawnattr_t *attr)
+{
+	sigset_t none, all;
+
+	posix_spawnattr_init(attr);
+	sigemptyset(&none);
+	sigfillset(&all);
+	posix_spawnattr_setsigmask(attr, &none);
+	posix_spawnattr_setsigdefault(attr, &all);
+	posix_spawnattr_setpgroup(attr, 0);
+	posix_spawnattr_setflags(attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+				 POSIX_SPAWN_SETPGROUP);
+}
+
 /* Exec a worker for SP with posix_spawn, its FDS (socket end, output
  * pipe, memory block) as fds 3, 1 and 2, and 4.  0, or -1 with errno. */
 static int
@@ -1500,7 +1515,6 @@ exec_worker(struct sup_pool *sp, char *const envp[], const int fds[3], pid_t *pi
 	const char *path = sup_worker_path();
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
-	sigset_t none, all;
 	char *argv[2];
 	int rc;
 
@@ -1510,14 +1524,7 @@ exec_worker(struct sup_pool *sp, char *const envp[], const int fds[3], pid_t *pi
 	posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
 	posix_spawn_file_actions_adddup2(&fa, fds[0], 3);
 	posix_spawn_file_actions_adddup2(&fa, fds[2], 4);
-	posix_spawnattr_init(&attr);
-	sigemptyset(&none);
-	sigfillset(&all);
-	posix_spawnattr_setsigmask(&attr, &none);
-	posix_spawnattr_setsigdefault(&attr, &all);
-	posix_spawnattr_setpgroup(&attr, 0);
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
-				 POSIX_SPAWN_SETPGROUP);
+	sup_spawnattr_init(&attr);
 	argv[0] = xasprintf("jobrund-worker: %s", sp->def->name);
 	argv[1] = NULL;
 	rc = posix_spawn(pid, path, &fa, &attr, argv, envp);
