@@ -1415,8 +1415,7 @@ bench_main(const char *file, const char *jobname, const char *workers,
 	/* Process pools as the daemon has them: workers forked by a worker
 	 * factory started before any run, as the daemon starts it at
 	 * start-up. */
-	factory_configure(b.cfg->worker_factory);
-	factory_restart();
+	factory_apply(b.cfg, true);
 	tpool_setup();
 	hooks.task_done = bench_task_done;
 	hooks.run_done = bench_run_done;

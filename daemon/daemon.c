@@ -307,8 +307,7 @@ apply(struct jr_config *cfg, double load_s, bool threaded)
 			"until jobrund restarts", cfg->state_dir, d.state_dir);
 	/* A new factory: the jobrund-worker installed now, and the pools
 	 * prestarted below fork from it. */
-	factory_configure(cfg->worker_factory);
-	factory_restart();
+	factory_apply(cfg, false);
 	sched_apply(cfg, false, &diff);
 	gen_collect_soon();
 	log_msg(LOG_NOTICE, "reloaded %s: %zu job%s: %zu added, %zu changed, %zu "
@@ -620,8 +619,7 @@ daemon_main(const char *file, bool daemonize, const char *pidfile, bool log_stde
 	sched_init(runtime_made);
 	log_msg(LOG_NOTICE, "jobrund %s started (pid %ld)", PACKAGE_VERSION, (long)getpid());
 	ctl_start();
-	factory_configure(cfg->worker_factory);
-	factory_restart();
+	factory_apply(cfg, false);
 	sched_apply(cfg, true, &diff);
 	n = (int)diff.added;
 	log_msg(LOG_NOTICE, "%d job%s active from %s", n, n == 1 ? "" : "s", cfg->file);

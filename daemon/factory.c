@@ -17,8 +17,10 @@
  * factory cannot work here (it says why, once), cannot be started, dies
  * or stops answering, workers are exec'd with posix_spawn; the factory is
  * started again at the first spawn FACTORY_RETRY_S later (not when it
- * cannot work here), and at every reload (which also picks up a
- * jobrund-worker replaced by an upgrade).
+ * cannot work here).  It starts with the daemon when the config has an
+ * enabled process-mode job (else with the first worker), and again at
+ * every reload, which also picks up a jobrund-worker replaced by an
+ * upgrade.
  *
  * Requests are synchronous: the main thread sends SPAWN and waits, at
  * most FACTORY_ANSWER_S, for SPAWNED.  So a worker's pid is known before
@@ -272,20 +274,19 @@ start(void)
 }
 
 void
-factory_configure(bool wanted)
+factory_apply(const struct jr_config *cfg, bool force)
 {
-	fac.wanted = wanted;
-	if (!wanted)
-		drop(NULL);
-}
+	bool process_jobs = force;
 
-void
-factory_restart(void)
-{
+	for (size_t i = 0; i < cfg->njobs && !process_jobs; i++)
+		process_jobs = cfg->jobs[i].mode == MODE_PROCESS && cfg->jobs[i].enabled;
 	drop(NULL);
+	fac.wanted = cfg->worker_factory;
 	fac.retry_at = 0;
 	fac.cannot = false;
-	if (fac.wanted)
+	/* Without an enabled process-mode job, a factory would only take
+	 * memory: then it starts with the first worker asked for. */
+	if (fac.wanted && process_jobs)
 		start();
 }
 

@@ -794,8 +794,9 @@ void sup_spawnattr_init(posix_spawnattr_t *attr);
 #define FACTORY_MAX_REQUEST (128 * 1024)        /* a SPAWN frame, at most */
 #define FACTORY_UNAVAILABLE 1                   /* factory_spawn: exec it */
 #define FACTORY_LOST 2                          /* ...with new descriptors */
-void factory_configure(bool wanted);            /* the config's worker_factory */
-void factory_restart(void);                     /* start-up and reload */
+/* At start-up and reload: (re)start the factory if CFG wants one and
+ * has an enabled process-mode job (or FORCE: --bench will want it). */
+void factory_apply(const struct jr_config *cfg, bool force);
 void factory_stop(void);
 pid_t factory_pid(void);                        /* 0: none */
 /* Fork a worker for JOB with ENVP, tagged SEQ, its FDS (socket end,

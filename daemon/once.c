@@ -166,8 +166,7 @@ once_main(const char *file, char **names, int nnames, bool log_stderr)
 		fatal("epoll_create1");
 	loop_signals(on_signal, &st);
 	reaper_init();
-	factory_configure(cfg->worker_factory);
-	factory_restart();
+	factory_apply(cfg, false);
 	tpool_setup();
 	hooks.task_done = print_result;
 	hooks.run_done = run_ended;

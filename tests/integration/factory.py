@@ -162,6 +162,25 @@ def test_factory_off(tap, env):
     tap.eq(d.wait_exit(), 0, "clean exit")
 
 
+def test_only_with_process_jobs(tap, env):
+    """A config without process-mode jobs has no factory to keep: it
+    comes with the first one."""
+    threads = ('{ name = "t"; plugin = "square"; mode = "thread"; '
+               'schedule = "@manual"; inputs = [ 1 ]; }')
+    cfg = config(env, ",\n".join([threads, job("off", extra="enabled = false;")]))
+    d = start(tap, env, cfg)
+    tap.eq(factory_of(d.pid), None, "thread-mode jobs (and a disabled process-mode "
+           "one): no factory")
+    config(env, ",\n".join([threads, job("on")]))
+    d.signal(signal.SIGHUP)
+    tap.ok(wait_for(lambda: factory_of(d.pid)),
+           "a reload that brings a process-mode job starts it")
+    tap.ok(outputs(env, "on") and forked_and_execd(d, "on") == (2, 0),
+           "and the job's workers are forked")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
 def test_loader_environment_execs(tap, env):
     """A variable the dynamic loader reads at exec would be lost on a
     forked worker: such a job's workers are exec'd, the others' forked."""
@@ -215,4 +234,4 @@ def test_daemon_killed(tap, env):
 
 
 main([test_forked_workers_are_as_execd, test_factory_killed, test_factory_off,
-      test_loader_environment_execs, test_hung_factory, test_daemon_killed])
+      test_only_with_process_jobs, test_loader_environment_execs, test_hung_factory, test_daemon_killed])
