@@ -12,8 +12,12 @@
  * the ones it spawns itself.
  *
  * Used when the config's worker_factory is true (the default) and the
- * worker's environment does not set a variable the dynamic loader reads
- * only at exec (LD_*, GLIBC_TUNABLES): such a worker is exec'd.  When the
+ * worker's environment has the factory's values of the variables only an
+ * exec reads (LD_*, MALLOC_*, GLIBC_TUNABLES), taken from the daemon's:
+ * other workers are exec'd.  The factory's environment holds those and
+ * nothing else of the daemon's, since a forked worker's memory and
+ * /proc/PID/environ show it; the factory wipes each request (a job's
+ * env) after forking.  When the
  * factory cannot work here (it says why, once), cannot be started, dies
  * or stops answering, workers are exec'd with posix_spawn; the factory is
  * started again at the first spawn FACTORY_RETRY_S later (not when it
@@ -24,8 +28,10 @@
  *
  * Requests are synchronous: the main thread sends SPAWN and waits, at
  * most FACTORY_ANSWER_S, for SPAWNED.  So a worker's pid is known before
- * the loop runs again, and the reaper never meets a worker of ours it
- * does not know.
+ * the loop runs again, and the reaper meets no worker of ours it does not
+ * know, but one the factory forked after we gave up on it (FACTORY_LOST,
+ * or no descriptor left for its pidfd): that one exits as its socket
+ * closes, and the reaper reaps it.
  */
 #include "config.h"
 
@@ -56,6 +62,7 @@ static struct {
 	int pidfd, sock;
 	struct loop_watch *pid_w;
 	double retry_at;                /* mono_now(): not started before */
+	char **env;                     /* what it was started with */
 } fac = { .pidfd = -1, .sock = -1 };
 
 /* Forget the factory, killing it if it still runs; WHY for the log (NULL:
@@ -106,10 +113,11 @@ on_exit_event(int fd, uint32_t events, void *arg)
 }
 
 /* Wait for a frame on the factory's socket: its type and payload in BUF,
- * and in *FD a descriptor sent with it (-1: none).  -1 with errno. */
+ * and in *FD a descriptor sent with it (-1: none; *FD_LOST when one was
+ * sent but we had no descriptor free for it).  -1 with errno. */
 static int
 receive(uint8_t *buf, size_t size, uint8_t *type, const uint8_t **payload,
-	size_t *plen, int *fd)
+	size_t *plen, int *fd, bool *fd_lost)
 {
 	struct iovec iov = { buf, size };
 	union {
@@ -147,7 +155,8 @@ receive(uint8_t *buf, size_t size, uint8_t *type, const uint8_t **payload,
 		errno = ECONNRESET;
 	if (n <= 0)
 		return -1;
-	if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
+	*fd_lost = (mh.msg_flags & MSG_CTRUNC) != 0;
+	if ((mh.msg_flags & MSG_TRUNC) ||
 	    proto_next_frame(buf, (size_t)n, &off, type, payload, plen) != 1 ||
 	    off != (size_t)n) {
 		if (*fd != -1)
@@ -159,8 +168,20 @@ receive(uint8_t *buf, size_t size, uint8_t *type, const uint8_t **payload,
 	return 0;
 }
 
-/* jobrund-worker's argument strings leave room for a worker's title, its
- * environment for the tags (worker_factory.c writes them there). */
+/* Would the dynamic loader or glibc's start-up read VAR (a NAME=value)?
+ * Only at exec: a fork has long passed that point, so a worker forks
+ * only when it wants the factory's, all of them and no other. */
+static bool
+startup_variable(const char *var)
+{
+	return strncmp(var, "LD_", 3) == 0 || strncmp(var, "MALLOC_", 7) == 0 ||
+	       strncmp(var, "GLIBC_TUNABLES=", 15) == 0;
+}
+
+/* The factory's environment: the daemon's start-up variables, which it
+ * needs as an exec'd worker would, and room for a worker's tags
+ * (worker_factory.c writes them there); nothing else, for a forked
+ * worker's memory and /proc/PID/environ show it. */
 static char **
 factory_environment(void)
 {
@@ -171,12 +192,42 @@ factory_environment(void)
 		count++;
 	envp = xcalloc(count + 3, sizeof *envp);
 	for (char **e = environ; *e; e++)
-		if (!sup_daemon_only_variable(*e))
+		if (startup_variable(*e))
 			envp[n++] = xstrdup(*e);
 	envp[n++] = xasprintf("JOBRUND_JOB=%*s", JOB_NAME_MAX, "");
 	envp[n++] = xasprintf("JOBRUND_WORKER=%*s", 40, "");
 	envp[n] = NULL;
 	return envp;
+}
+
+/* Has ENVP exactly the start-up variables of FACTORY_ENV (the factory's),
+ * no more, no fewer? */
+static bool
+same_startup_variables(char *const envp[], char *const factory_env[])
+{
+	size_t mine = 0, theirs = 0;
+
+	for (char *const *e = envp; *e; e++) {
+		if (!startup_variable(*e))
+			continue;
+		mine++;
+		bool found = false;
+		for (char *const *f = factory_env; *f && !found; f++)
+			found = strcmp(*e, *f) == 0;
+		if (!found)
+			return false;
+	}
+	for (char *const *f = factory_env; *f; f++)
+		theirs += startup_variable(*f);
+	return mine == theirs;
+}
+
+static void
+free_environment(char **envp)
+{
+	for (char **e = envp; e && *e; e++)
+		free(*e);
+	free(envp);
 }
 
 /* Start the factory.  On the main thread, always: the factory's parent
@@ -196,6 +247,7 @@ start(void)
 	const uint8_t *payload;
 	size_t plen;
 	struct msg_ready ready;
+	bool fd_lost;
 	pid_t pid;
 
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1) {
@@ -216,9 +268,8 @@ start(void)
 	argv[3] = NULL;
 	envp = factory_environment();
 	rc = posix_spawn(&pid, path, &fa, &attr, argv, envp);
-	for (char **e = envp; *e; e++)
-		free(*e);
-	free(envp);
+	free_environment(fac.env);
+	fac.env = envp;
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
 	close(sv[1]);
@@ -243,7 +294,7 @@ start(void)
 		return;
 	}
 	fcntl(fac.pidfd, F_SETFD, FD_CLOEXEC);
-	if (receive(buf, sizeof buf, &type, &payload, &plen, &fd) == -1) {
+	if (receive(buf, sizeof buf, &type, &payload, &plen, &fd, &fd_lost) == -1) {
 		drop(errno == ETIMEDOUT ? "did not start in time" :
 		     "did not start (see its messages above)");
 		return;
@@ -294,20 +345,14 @@ void
 factory_stop(void)
 {
 	drop(NULL);
+	free_environment(fac.env);
+	fac.env = NULL;
 }
 
 pid_t
 factory_pid(void)
 {
 	return fac.pid;
-}
-
-/* Would the dynamic loader of an exec'd worker read VAR?  Then the
- * worker must be exec'd: a fork has long passed that point. */
-static bool
-loader_variable(const char *var)
-{
-	return strncmp(var, "LD_", 3) == 0 || strncmp(var, "GLIBC_TUNABLES=", 15) == 0;
 }
 
 int
@@ -321,18 +366,16 @@ factory_spawn(unsigned long seq, const char *job, char *const envp[], const int 
 	const uint8_t *payload;
 	size_t plen;
 	int fd = -1;
+	bool fd_lost;
 
 	if (!fac.wanted)
 		return FACTORY_UNAVAILABLE;
-	for (char *const *e = envp; *e; e++) {
-		if (loader_variable(*e))
-			return FACTORY_UNAVAILABLE;
-		rq.nenv++;
-	}
 	if (fac.pid == 0 && !fac.cannot && mono_now() >= fac.retry_at)
 		start();
-	if (fac.pid == 0)
+	if (fac.pid == 0 || !same_startup_variables(envp, fac.env))
 		return FACTORY_UNAVAILABLE;
+	for (char *const *e = envp; *e; e++)
+		rq.nenv++;
 	rq.env = (const char **)(uintptr_t)envp;
 	proto_put_spawn(&b, &rq);
 	if (b.len > FACTORY_MAX_REQUEST) {
@@ -383,16 +426,28 @@ factory_spawn(unsigned long seq, const char *job, char *const envp[], const int 
 	/* From here the factory may have forked a worker holding FDS: the
 	 * caller must not hand them to another.  A worker we never hear
 	 * of sees its socket close with them and exits. */
-	if (receive(buf, sizeof buf, &type, &payload, &plen, &fd) == -1 ||
-	    type != MSG_SPAWNED || proto_get_spawned(payload, plen, &ans) == -1 ||
-	    ans.seq != seq || (ans.error == 0 && (fd == -1 || ans.pid <= 0))) {
-		int err = errno;
+	if (receive(buf, sizeof buf, &type, &payload, &plen, &fd, &fd_lost) == -1) {
+		char why[128];
 
+		snprintf(why, sizeof why, "%s", errno == ETIMEDOUT ?
+			 "did not answer in time" : strerror(errno));
+		drop(why);
+		return FACTORY_LOST;
+	}
+	if (type != MSG_SPAWNED || proto_get_spawned(payload, plen, &ans) == -1 ||
+	    ans.seq != seq || (ans.error == 0 && ans.pid <= 0) ||
+	    (ans.error == 0 && fd == -1 && !fd_lost)) {
 		if (fd != -1)
 			close(fd);
-		drop(err == ETIMEDOUT ? "did not answer in time" :
-		     "answered what is not an answer");
+		drop("answered what is not an answer");
 		return FACTORY_LOST;
+	}
+	if (ans.error == 0 && fd_lost) {
+		/* It forked a worker, but we have no descriptor for its
+		 * pidfd: out of descriptors, as an exec would be.  Closing
+		 * its ends (the caller) makes it exit. */
+		errno = EMFILE;
+		return -1;
 	}
 	if (fd != -1 && ans.error != 0)
 		close(fd);

@@ -185,6 +185,7 @@ become_worker(const struct msg_spawn *rq, const int fds[3])
 	if (sock == -1 || out == -1 || mem == -1 || dup2(out, 1) == -1 ||
 	    dup2(out, 2) == -1 || dup2(sock, 3) == -1 || dup2(mem, 4) == -1)
 		_exit(127);
+	/* Nothing but 0-4 (the factory checked that close_range works). */
 	close_range(5, ~0U, 0);
 
 	environ = (char **)(uintptr_t)rq->env;
@@ -195,6 +196,17 @@ become_worker(const struct msg_spawn *rq, const int fds[3])
 	for (const char **e = rq->env; *e; e++)
 		if (strncmp(*e, "JOBRUND_WORKER=", 15) == 0)
 			set_tag(tag_worker, tag_worker_room, *e + 15);
+}
+
+/* Zero and free a request: see the caller. */
+static void
+wipe_request(struct msg_spawn *rq)
+{
+	for (const char **e = rq->env; e && *e; e++)
+		explicit_bzero((char *)(uintptr_t)*e, strlen(*e));
+	if (rq->job)
+		explicit_bzero((char *)(uintptr_t)rq->job, strlen(rq->job));
+	proto_spawn_free(rq);
 }
 
 /* Fork a worker as the daemon's child: 0 in it, its pid (and *PIDFD) in
@@ -228,6 +240,13 @@ can_fork_for_daemon(void)
 	}
 	if (syscall(SYS_get_robust_list, 0, &robust_head, &len) == -1) {
 		snprintf(why, sizeof why, "get_robust_list: %s", strerror(errno));
+		return why;
+	}
+	/* A worker closes what it must not hold with it (Linux 5.9), and so
+	 * do we, now: whatever the daemon leaked to us would outlive it in
+	 * every worker. */
+	if (close_range(FACTORY_FD + 1, ~0U, 0) == -1) {
+		snprintf(why, sizeof why, "close_range: %s", strerror(errno));
 		return why;
 	}
 	robust_len = (size_t)len;
@@ -290,8 +309,8 @@ factory_main(int argc, char **argv)
 	const char *cannot;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (getppid() != daemon_pid || daemon_pid == 1)
-		_exit(0);
+	if (getppid() != daemon_pid)
+		_exit(0);       /* the daemon died before the line above */
 	openlog("jobrund", LOG_PID, LOG_DAEMON);
 	find_rooms(argc, argv);
 	set_title("jobrund: worker factory");
@@ -324,12 +343,16 @@ factory_main(int argc, char **argv)
 		if (proto_next_frame(buf, len, &off, &type, &payload, &plen) != 1 ||
 		    off != len || type != MSG_SPAWN ||
 		    proto_get_spawn(payload, plen, &rq) == -1) {
+			explicit_bzero(buf, len);
 			syslog(LOG_ERR, "jobrund-worker: worker factory: a request "
 			       "that is not SPAWN: ignored");
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
 			continue;
 		}
+		/* The request may hold a job's secrets (its env): no later
+		 * worker, of another job, may find them in our memory. */
+		explicit_bzero(buf, len);
 		if (nfds != 3) {
 			answer(rq.seq, 0, EBADF, -1);
 		} else if ((pid = fork_for_daemon(&pidfd)) == 0) {
@@ -343,6 +366,6 @@ factory_main(int argc, char **argv)
 		}
 		for (int i = 0; i < nfds; i++)
 			close(fds[i]);
-		proto_spawn_free(&rq);
+		wipe_request(&rq);
 	}
 }

@@ -181,18 +181,74 @@ def test_only_with_process_jobs(tap, env):
     tap.eq(d.wait_exit(), 0, "clean exit")
 
 
-def test_loader_environment_execs(tap, env):
-    """A variable the dynamic loader reads at exec would be lost on a
-    forked worker: such a job's workers are exec'd, the others' forked."""
-    cfg = config(env, ",\n".join([job("loader", ('"env:LD_BIND_NOW"', '"pid"'),
-                                     'env = { LD_BIND_NOW = "1"; };'),
-                                 job("other")]))
-    d = start(tap, env, cfg)
+def test_environment(tap, env):
+    """What only exec reads (LD_*, MALLOC_*, GLIBC_TUNABLES) must be the
+    factory's for a worker to be forked; and nothing of the daemon's
+    environment but those reaches a forked worker of a job with env."""
+    cfg = config(env, ",\n".join([
+        job("loader", ('"env:LD_BIND_NOW"', '"pid"'), 'env = { LD_BIND_NOW = "1"; };'),
+        job("inherit", ('"env:JR_TEST_SECRET"', '"pid"')),
+        job("nomalloc", ('"env:MALLOC_ARENA_MAX"', '"pid"'), 'env = { FOO = "bar"; };')]))
+    os.environ["JR_TEST_SECRET"] = "hunter2"
+    os.environ["MALLOC_ARENA_MAX"] = "4"
+    try:
+        d = start(tap, env, cfg)
+    finally:
+        del os.environ["JR_TEST_SECRET"]
+        del os.environ["MALLOC_ARENA_MAX"]
     out = outputs(env, "loader")
-    tap.ok(out and out[0] == "1", "the job runs, its workers see LD_BIND_NOW", out)
-    tap.eq(forked_and_execd(d, "loader")[0], 0, "its workers were exec'd, not forked")
-    tap.ok(outputs(env, "other") and forked_and_execd(d, "other")[0] >= 1,
-           "another job's were forked")
+    tap.ok(out and out[0] == "1", "a job setting LD_BIND_NOW runs and sees it", out)
+    tap.eq(forked_and_execd(d, "loader"), (0, 2), "its workers were exec'd, not forked")
+    out = outputs(env, "nomalloc")
+    tap.ok(out and out[0] == "(unset)", "a job whose env leaves out the daemon's "
+           "MALLOC_ARENA_MAX does not see it", out)
+    tap.eq(forked_and_execd(d, "nomalloc"), (0, 2), "and is exec'd: a fork would "
+           "keep the factory's malloc set-up")
+    out = outputs(env, "inherit")
+    tap.eq(out[:1] if out else None, ["hunter2"],
+           "a job without env gets the daemon's environment")
+    tap.eq(forked_and_execd(d, "inherit"), (2, 0), "and is forked")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+def test_no_daemon_secrets_in_worker(tap, env):
+    """A forked worker's memory and /proc/PID/environ come from the
+    factory, which holds none of the daemon's environment."""
+    cfg = config(env, ",\n".join([
+        job("hold", ('"hang"',), 'env = { FOO = "bar"; }; timeout = "30s";'),
+        job("inherit", ('"env:JR_TEST_SECRET"',))]))
+    os.environ["JR_TEST_SECRET"] = "hunter2"
+    try:
+        d = start(tap, env, cfg)
+    finally:
+        del os.environ["JR_TEST_SECRET"]
+    # First a job that inherits the daemon's environment: its request to
+    # the factory carries the secret, which must not stay there.
+    tap.eq(outputs(env, "inherit"), ["hunter2"], "a job without env has it")
+    tap.ok(wait_for(lambda: not workers_of(d.pid)), "its worker is gone")
+    ctl(env, "run", "hold")
+    tap.ok(wait_for(lambda: len(workers_of(d.pid)) == 1), "a worker runs a task")
+    pids = workers_of(d.pid)
+    tap.eq(forked_and_execd(d, "hold"), (1, 0), "forked")
+    for pid in pids + [factory_of(d.pid)]:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            environ = f.read()
+        tap.ok(b"hunter2" not in environ, "%d: /proc environ holds none of the "
+               "daemon's variables" % pid)
+        found = False
+        with open("/proc/%d/maps" % pid) as maps, open("/proc/%d/mem" % pid, "rb") as mem:
+            for line in maps:
+                fields = line.split()
+                if "w" not in fields[1] or (len(fields) > 5 and fields[5].startswith("/")):
+                    continue
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                try:
+                    mem.seek(lo)
+                    found |= b"hunter2" in mem.read(hi - lo)
+                except (OSError, ValueError, OverflowError):
+                    pass
+        tap.ok(not found, "%d: nor does its writable memory" % pid)
     d.signal(signal.SIGTERM)
     tap.eq(d.wait_exit(), 0, "clean exit")
 
@@ -234,4 +290,4 @@ def test_daemon_killed(tap, env):
 
 
 main([test_forked_workers_are_as_execd, test_factory_killed, test_factory_off,
-      test_only_with_process_jobs, test_loader_environment_execs, test_hung_factory, test_daemon_killed])
+      test_only_with_process_jobs, test_environment, test_no_daemon_secrets_in_worker, test_hung_factory, test_daemon_killed])
