@@ -201,9 +201,6 @@ const char *log_level_name(int level);
 /* ------------------------------------------------------------------ */
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
-/* xcalloc, asking for transparent huge pages where the array spans some:
- * for arrays of megabytes, written once each (a run's tasks). */
-void *xcalloc_huge(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xasprintf(const char *fmt, ...) JR_PRINTFLIKE(1, 2);

@@ -329,7 +329,7 @@ run_start_ex(struct jobrt *rt, const char *trigger, const struct run_observer *o
 	run->rt = rt;
 	run->id = id = ++rt->last_run_id;
 	run->ntasks = def->has_inputs ? def->ninputs : 1;
-	run->tasks = xcalloc_huge(run->ntasks ? run->ntasks : 1, sizeof *run->tasks);
+	run->tasks = xcalloc(run->ntasks ? run->ntasks : 1, sizeof *run->tasks);
 	run->started = mono_now();
 	clock_gettime(CLOCK_REALTIME, &run->wall_started);
 	run->trigger = trigger ? trigger : "manual";

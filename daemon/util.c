@@ -2,7 +2,7 @@
  * util.c - small helpers every part of jobrund uses: allocation that
  * aborts on exhaustion (a daemon that cannot allocate a few bytes cannot
  * do anything useful, and pretending otherwise spreads NULL checks over
- * every line) and, for a large run's arrays, in huge pages, monotonic time, error lists and descriptor flags.
+ * every line), monotonic time, error lists and descriptor flags.
  */
 #include "config.h"
 
@@ -11,7 +11,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "jobrund.h"
 
@@ -39,26 +38,6 @@ xcalloc(size_t n, size_t size)
 
 	if (p == NULL)
 		out_of_memory(n * size);
-	return p;
-}
-
-/* Transparent huge pages cover aligned 2 MiB spans (x86-64, and arm64
- * with 4 KiB pages); elsewhere the advice only costs a system call. */
-#define HUGE_SPAN ((uintptr_t)2 << 20)
-
-void *
-xcalloc_huge(size_t n, size_t size)
-{
-	void *p = xcalloc(n, size);
-	uintptr_t from = ((uintptr_t)p + HUGE_SPAN - 1) & ~(HUGE_SPAN - 1);
-	uintptr_t to = ((uintptr_t)p + n * size) & ~(HUGE_SPAN - 1);
-
-	/* Memory this large comes from mmap, untouched: each first write
-	 * of a page is a fault, 10,000 of them for a 40 MB run; in huge
-	 * pages, 20.  Where the kernel has none (or THP is off) it falls
-	 * back to small pages: nothing lost. */
-	if (to > from)
-		(void)madvise((void *)from, to - from, MADV_HUGEPAGE);
 	return p;
 }
 
