@@ -13,7 +13,8 @@
  *
  * Used when the config's worker_factory is true (the default) and the
  * worker's environment has the factory's values of the variables only an
- * exec reads (LD_*, MALLOC_*, GLIBC_TUNABLES), taken from the daemon's:
+ * exec reads (LD_*, MALLOC_*, GLIBC_TUNABLES, *SAN_OPTIONS), taken from
+ * the daemon's:
  * other workers are exec'd.  The factory's environment holds those and
  * nothing else of the daemon's, since a forked worker's memory and
  * /proc/PID/environ show it; the factory wipes each request (a job's
@@ -174,8 +175,14 @@ receive(uint8_t *buf, size_t size, uint8_t *type, const uint8_t **payload,
 static bool
 startup_variable(const char *var)
 {
+	const char *eq = strchr(var, '=');
+	size_t name = eq ? (size_t)(eq - var) : strlen(var);
+
+	/* And a sanitizer runtime's options (ASAN_OPTIONS...): read at
+	 * start-up too, they decide, say, whether a SIGSEGV is a signal. */
 	return strncmp(var, "LD_", 3) == 0 || strncmp(var, "MALLOC_", 7) == 0 ||
-	       strncmp(var, "GLIBC_TUNABLES=", 15) == 0;
+	       strncmp(var, "GLIBC_TUNABLES=", 15) == 0 ||
+	       (name >= 11 && strncmp(var + name - 11, "SAN_OPTIONS", 11) == 0);
 }
 
 /* The factory's environment: the daemon's start-up variables, which it
