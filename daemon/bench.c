@@ -1127,7 +1127,8 @@ bench_print_table(const struct bench *b)
 	printf("recommendation: %s\n\n", advice);
 	printf(
 "wall           from creating the pool (plugin init included) to the last result\n"
-"CPU            user+sys of jobrund and its workers (getrusage SELF + CHILDREN)\n"
+"CPU            user+sys of jobrund and its workers (getrusage SELF + CHILDREN;\n"
+"               in process mode, plus the worker factory's CPU clock)\n"
 "CPU/wall       cores kept busy; sequential: ~1 CPU-bound, ~0 waiting on I/O\n"
 "speed-up       sequential wall / this wall\n"
 "peak RSS       jobrund's peak RSS (VmHWM%s) plus each worker's peak\n"
