@@ -21,11 +21,12 @@
  * env) after forking.  When the
  * factory cannot work here (it says why, once), cannot be started, dies
  * or stops answering, workers are exec'd with posix_spawn; the factory is
- * started again at the first spawn FACTORY_RETRY_S later (not when it
- * cannot work here).  It starts with the daemon when the config has an
- * enabled process-mode job (else with the first worker), and again at
- * every reload, which also picks up a jobrund-worker replaced by an
- * upgrade.
+ * started again at the first spawn FACTORY_RETRY_S later (then 10 s,
+ * 20 s... up to 5 minutes while it keeps failing; not when it cannot
+ * work here).  It starts with the daemon when the config has an enabled
+ * process-mode job (else with the first worker), and again at a reload
+ * that finds jobrund-worker replaced (an upgrade), the exec-time
+ * variables changed or worker_factory turned on.
  *
  * Requests are synchronous: the main thread sends SPAWN and waits, at
  * most FACTORY_ANSWER_S, for SPAWNED.  So a worker's pid is known before
@@ -39,6 +40,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -46,7 +48,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/pidfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -54,7 +58,28 @@
 
 #define FACTORY_FD 3
 #define FACTORY_ANSWER_S 2.0            /* a fork takes < 1 ms */
-#define FACTORY_RETRY_S 5.0             /* after it failed or died */
+#define FACTORY_RETRY_S 5.0             /* after it failed or died... */
+#define FACTORY_RETRY_MAX_S 300.0       /* ...doubled each time, up to */
+
+/* The process attributes a fork inherits and an exec would have taken
+ * from the daemon at the time: a reload restarts the factory when the
+ * administrator changed them (prlimit, renice, taskset). */
+struct attrs {
+	struct rlimit rlim[RLIM_NLIMITS];
+	int nice;
+	cpu_set_t cpus;
+};
+
+static void
+attrs_read(struct attrs *a)
+{
+	memset(a, 0, sizeof *a);
+	for (int r = 0; r < RLIM_NLIMITS; r++)
+		getrlimit((__rlimit_resource_t)r, &a->rlim[r]);
+	errno = 0;
+	a->nice = getpriority(PRIO_PROCESS, 0);
+	sched_getaffinity(0, sizeof a->cpus, &a->cpus);
+}
 
 static struct {
 	bool wanted;                    /* the config's worker_factory */
@@ -63,8 +88,24 @@ static struct {
 	int pidfd, sock;
 	struct loop_watch *pid_w;
 	double retry_at;                /* mono_now(): not started before */
+	int failures;                   /* in a row, since the last READY */
 	char **env;                     /* what it was started with */
+	struct stat exe;                /* ...and from (jobrund-worker) */
+	struct attrs attrs;             /* the daemon's, which it took */
 } fac = { .pidfd = -1, .sock = -1 };
+
+/* It failed: not again for a while, longer each time, so that a factory
+ * that hangs costs the loop FACTORY_ANSWER_S now and then, not often. */
+static void
+back_off(void)
+{
+	double wait = FACTORY_RETRY_S;
+
+	for (int i = 0; i < fac.failures && wait < FACTORY_RETRY_MAX_S; i++)
+		wait *= 2;
+	fac.retry_at = mono_now() + (wait < FACTORY_RETRY_MAX_S ? wait : FACTORY_RETRY_MAX_S);
+	fac.failures++;
+}
 
 /* Forget the factory, killing it if it still runs; WHY for the log (NULL:
  * a deliberate stop, nothing to say). */
@@ -90,7 +131,7 @@ drop(const char *why)
 	fac.pidfd = -1;
 	fac.pid = 0;
 	if (why)
-		fac.retry_at = mono_now() + FACTORY_RETRY_S;
+		back_off();
 }
 
 static void
@@ -259,7 +300,7 @@ start(void)
 
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == -1) {
 		log_warn("worker factory: socketpair");
-		fac.retry_at = mono_now() + FACTORY_RETRY_S;
+		back_off();
 		return;
 	}
 	posix_spawn_file_actions_init(&fa);
@@ -274,6 +315,9 @@ start(void)
 	argv[2] = room;
 	argv[3] = NULL;
 	envp = factory_environment();
+	if (stat(path, &fac.exe) == -1)
+		memset(&fac.exe, 0, sizeof fac.exe);
+	attrs_read(&fac.attrs);
 	rc = posix_spawn(&pid, path, &fa, &attr, argv, envp);
 	free_environment(fac.env);
 	fac.env = envp;
@@ -284,7 +328,7 @@ start(void)
 		errno = rc;
 		log_warn("worker factory: cannot start %s", path);
 		close(sv[0]);
-		fac.retry_at = mono_now() + FACTORY_RETRY_S;
+		back_off();
 		return;
 	}
 	fac.pid = pid;
@@ -297,7 +341,7 @@ start(void)
 		close(fac.sock);
 		fac.sock = -1;
 		fac.pid = 0;
-		fac.retry_at = mono_now() + FACTORY_RETRY_S;
+		back_off();
 		return;
 	}
 	fcntl(fac.pidfd, F_SETFD, FD_CLOEXEC);
@@ -328,23 +372,68 @@ start(void)
 		return;
 	}
 	fac.pid_w = loop_add(fac.pidfd, EPOLLIN, on_exit_event, NULL);
+	fac.failures = 0;
 	log_msg(LOG_INFO, "worker factory %d started", (int)pid);
+}
+
+/* Would a factory started now differ from the last one: another
+ * jobrund-worker (an upgrade), other exec-time variables, other process
+ * attributes? */
+static bool
+factory_outdated(void)
+{
+	struct attrs now;
+	struct stat st;
+	char **envp;
+	bool same;
+
+	if (fac.env == NULL)
+		return true;
+	attrs_read(&now);
+	if (memcmp(&now, &fac.attrs, sizeof now) != 0)
+		return true;
+	if (stat(sup_worker_path(), &st) == -1 || st.st_dev != fac.exe.st_dev ||
+	    st.st_ino != fac.exe.st_ino ||
+	    st.st_mtim.tv_sec != fac.exe.st_mtim.tv_sec ||
+	    st.st_mtim.tv_nsec != fac.exe.st_mtim.tv_nsec ||
+	    st.st_ctim.tv_sec != fac.exe.st_ctim.tv_sec ||
+	    st.st_ctim.tv_nsec != fac.exe.st_ctim.tv_nsec)
+		return true;
+	envp = factory_environment();
+	same = same_startup_variables(envp, fac.env) &&
+	       same_startup_variables(fac.env, envp);
+	free_environment(envp);
+	return !same;
 }
 
 void
 factory_apply(const struct jr_config *cfg, bool force)
 {
-	bool process_jobs = force;
+	bool process_jobs = force, toggled = fac.wanted != cfg->worker_factory;
 
 	for (size_t i = 0; i < cfg->njobs && !process_jobs; i++)
 		process_jobs = cfg->jobs[i].mode == MODE_PROCESS && cfg->jobs[i].enabled;
-	drop(NULL);
 	fac.wanted = cfg->worker_factory;
+	if (!fac.wanted) {
+		drop(NULL);
+		return;
+	}
+	/* A reload keeps a factory that is still what it would start: a
+	 * reload storm costs no restarts, and one that hangs or cannot
+	 * work here is not tried again at each SIGHUP. */
+	if (!toggled && !factory_outdated()) {
+		if (fac.pid == 0 && !fac.cannot && process_jobs &&
+		    mono_now() >= fac.retry_at)
+			start();
+		return;
+	}
+	drop(NULL);
+	fac.failures = 0;
 	fac.retry_at = 0;
 	fac.cannot = false;
 	/* Without an enabled process-mode job, a factory would only take
 	 * memory: then it starts with the first worker asked for. */
-	if (fac.wanted && process_jobs)
+	if (process_jobs)
 		start();
 }
 
@@ -376,6 +465,9 @@ factory_spawn(unsigned long seq, const char *job, char *const envp[], const int 
 	bool fd_lost;
 
 	if (!fac.wanted)
+		return FACTORY_UNAVAILABLE;
+	/* A worker that could not be forked does not start a factory. */
+	if (fac.env != NULL && !same_startup_variables(envp, fac.env))
 		return FACTORY_UNAVAILABLE;
 	if (fac.pid == 0 && !fac.cannot && mono_now() >= fac.retry_at)
 		start();

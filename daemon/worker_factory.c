@@ -53,7 +53,6 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <syslog.h>
 #include <unistd.h>
 
 #include "jobrund.h"
@@ -311,7 +310,6 @@ factory_main(int argc, char **argv)
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != daemon_pid)
 		_exit(0);       /* the daemon died before the line above */
-	openlog("jobrund", LOG_PID, LOG_DAEMON);
 	find_rooms(argc, argv);
 	set_title("jobrund: worker factory");
 	set_tag(tag_job, tag_job_room, "");
@@ -343,9 +341,11 @@ factory_main(int argc, char **argv)
 		if (proto_next_frame(buf, len, &off, &type, &payload, &plen) != 1 ||
 		    off != len || type != MSG_SPAWN ||
 		    proto_get_spawn(payload, plen, &rq) == -1) {
-			explicit_bzero(buf, len);
-			syslog(LOG_ERR, "jobrund-worker: worker factory: a request "
-			       "that is not SPAWN: ignored");
+			/* Not from our daemon, which sends only SPAWN frames
+			 * that fit: nothing to answer, nothing to keep (not
+			 * even a log line: syslog would fix the time zone of
+			 * every worker forked later). */
+			explicit_bzero(buf, sizeof buf);
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]);
 			continue;

@@ -10,8 +10,10 @@ Runs the real daemon and talks to it with the real jobrunctl.
 
 import json
 import os
+import resource
 import signal
 import stat
+import time
 
 from jrtest import (BUILDDIR, Daemon, FACTORY_TITLE, children_of, cmdline, factory_of,
                     main, run, wait_for, workers_of)
@@ -91,10 +93,17 @@ def tags(pid):
     return dict(v.decode().split("=", 1) for v in env if v.startswith(b"JOBRUND_"))
 
 
-def forked_and_execd(d, name):
-    """How many of NAME's workers the log says were forked, and exec'd."""
-    return (d.count(r"job %s: started worker \d+ \(forked by the worker factory\)" % name),
-            d.count(r"job %s: started worker \d+ \(exec'd\)" % name))
+def forked_and_execd(d, name, want=None):
+    """How many of NAME's workers the log says were forked, and exec'd;
+    given WANT, waits (bounded) for the log, which reaches us through a
+    pipe, to say that many."""
+    def counts():
+        return (d.count(r"job %s: started worker \d+ \(forked by the worker factory\)"
+                        % name),
+                d.count(r"job %s: started worker \d+ \(exec'd\)" % name))
+    if want is not None:
+        wait_for(lambda: counts() == want, timeout=5)
+    return counts()
 
 
 def test_forked_workers_are_as_execd(tap, env):
@@ -107,7 +116,7 @@ def test_forked_workers_are_as_execd(tap, env):
     tap.ok(d.wait_log(r"worker factory %d started" % (fac or 0)), "and says so")
     tap.ok(wait_for(lambda: len(workers_of(d.pid)) == 2), "the prestarted pool is up")
     pids = workers_of(d.pid)
-    tap.eq(forked_and_execd(d, "forked"), (2, 0), "both workers were forked by it")
+    tap.eq(forked_and_execd(d, "forked", (2, 0)), (2, 0), "both workers were forked by it")
     for pid in pids:
         state, ppid, pgid = stat_of(pid)
         tap.eq((ppid, pgid), (d.pid, pid),
@@ -139,6 +148,7 @@ def test_factory_killed(tap, env):
     d = start(tap, env, cfg)
     fac = wait_for(lambda: factory_of(d.pid))
     os.kill(fac, signal.SIGKILL)
+    killed = time.monotonic()
     tap.ok(d.wait_log(r"worker factory %d: killed by signal 9 \(KILL\); workers "
                       r"are started with posix_spawn until it is restarted" % fac),
            "a killed factory is noticed and said", d.log()[-5:])
@@ -146,12 +156,45 @@ def test_factory_killed(tap, env):
                     not [p for p in children_of(d.pid, "Z")]),
            "and reaped: no zombie")
     tap.ok(outputs(env, "after"), "the next run still gets its workers")
-    tap.eq(forked_and_execd(d, "after"), (0, 2), "exec'd")
+    tap.eq(forked_and_execd(d, "after", (0, 2)), (0, 2), "exec'd")
+    # An unchanged reload does not restart it: a reload storm must not
+    # restart (or wait for) a factory again and again.
     d.signal(signal.SIGHUP)
-    new = wait_for(lambda: factory_of(d.pid))
-    tap.ok(new and new != fac, "a reload starts a new factory")
-    tap.ok(outputs(env, "after"), "runs fork from it again")
-    tap.eq(forked_and_execd(d, "after"), (2, 2), "(2 forked)")
+    tap.ok(d.wait_log("reloaded"), "reloaded")
+    tap.eq(factory_of(d.pid), None, "an unchanged reload within the 5 s back-off "
+           "leaves it down")
+
+    def forked_again():
+        return outputs(env, "after") and forked_and_execd(d, "after")[0] > 0
+
+    tap.ok(wait_for(forked_again, timeout=30, interval=0.5),
+           "runs fork their workers again, from a new factory started for them")
+    tap.ok(time.monotonic() - killed >= 4.9, "not before the 5 s back-off")
+    new = factory_of(d.pid)
+    tap.ok(new and new != fac, "the new factory runs", new)
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+def test_reload_takes_new_limits(tap, env):
+    """A fork inherits the factory's limits, an exec the daemon's: after
+    prlimit on the running daemon, a reload gives it a new factory."""
+    cfg = config(env, job("limits", ('"rlimit:nofile"', '"pid"')))
+    d = start(tap, env, cfg)
+    fac = wait_for(lambda: factory_of(d.pid))
+    soft, hard = resource.prlimit(d.pid, resource.RLIMIT_NOFILE)
+    want = min(soft, hard, 1000) - 1
+    d.signal(signal.SIGHUP)
+    tap.ok(d.wait_log("reloaded"), "reloaded")
+    tap.eq(factory_of(d.pid), fac, "an unchanged reload keeps the factory")
+    resource.prlimit(d.pid, resource.RLIMIT_NOFILE, (want, hard))
+    d.signal(signal.SIGHUP)
+    tap.ok(d.wait_log("reloaded", n=2), "reloaded again")
+    new = wait_for(lambda: factory_of(d.pid) not in (None, fac) and factory_of(d.pid))
+    tap.ok(new, "after prlimit on the daemon, a reload starts a new factory")
+    out = outputs(env, "limits")
+    tap.eq(out[0] if out else None, str(want), "whose workers have the new limit")
+    tap.eq(forked_and_execd(d, "limits", (2, 0)), (2, 0), "(forked)")
     d.signal(signal.SIGTERM)
     tap.eq(d.wait_exit(), 0, "clean exit")
 
@@ -160,13 +203,13 @@ def test_factory_off(tap, env):
     cfg = config(env, job("plain"), extra='worker_factory = false;\n')
     d = start(tap, env, cfg)
     tap.ok(outputs(env, "plain"), "worker_factory = false: runs get workers")
-    tap.eq(forked_and_execd(d, "plain"), (0, 2), "exec'd")
+    tap.eq(forked_and_execd(d, "plain", (0, 2)), (0, 2), "exec'd")
     tap.eq(factory_of(d.pid), None, "and no factory runs")
     # Turned on by a reload, off by the next.
     config(env, job("plain"))
     d.signal(signal.SIGHUP)
     tap.ok(wait_for(lambda: factory_of(d.pid)), "a reload with it on starts the factory")
-    tap.ok(outputs(env, "plain") and forked_and_execd(d, "plain") == (2, 2),
+    tap.ok(outputs(env, "plain") and forked_and_execd(d, "plain", (2, 2)) == (2, 2),
            "and runs fork from it")
     config(env, job("plain"), extra='worker_factory = false;\n')
     d.signal(signal.SIGHUP)
@@ -189,7 +232,7 @@ def test_only_with_process_jobs(tap, env):
     d.signal(signal.SIGHUP)
     tap.ok(wait_for(lambda: factory_of(d.pid)),
            "a reload that brings a process-mode job starts it")
-    tap.ok(outputs(env, "on") and forked_and_execd(d, "on") == (2, 0),
+    tap.ok(outputs(env, "on") and forked_and_execd(d, "on", (2, 0)) == (2, 0),
            "and the job's workers are forked")
     d.signal(signal.SIGTERM)
     tap.eq(d.wait_exit(), 0, "clean exit")
@@ -212,16 +255,16 @@ def test_environment(tap, env):
         del os.environ["MALLOC_ARENA_MAX"]
     out = outputs(env, "loader")
     tap.ok(out and out[0] == "1", "a job setting LD_BIND_NOW runs and sees it", out)
-    tap.eq(forked_and_execd(d, "loader"), (0, 2), "its workers were exec'd, not forked")
+    tap.eq(forked_and_execd(d, "loader", (0, 2)), (0, 2), "its workers were exec'd, not forked")
     out = outputs(env, "nomalloc")
     tap.ok(out and out[0] == "(unset)", "a job whose env leaves out the daemon's "
            "MALLOC_ARENA_MAX does not see it", out)
-    tap.eq(forked_and_execd(d, "nomalloc"), (0, 2), "and is exec'd: a fork would "
+    tap.eq(forked_and_execd(d, "nomalloc", (0, 2)), (0, 2), "and is exec'd: a fork would "
            "keep the factory's malloc set-up")
     out = outputs(env, "inherit")
     tap.eq(out[:1] if out else None, ["hunter2"],
            "a job without env gets the daemon's environment")
-    tap.eq(forked_and_execd(d, "inherit"), (2, 0), "and is forked")
+    tap.eq(forked_and_execd(d, "inherit", (2, 0)), (2, 0), "and is forked")
     d.signal(signal.SIGTERM)
     tap.eq(d.wait_exit(), 0, "clean exit")
 
@@ -244,7 +287,7 @@ def test_no_daemon_secrets_in_worker(tap, env):
     ctl(env, "run", "hold")
     tap.ok(wait_for(lambda: len(workers_of(d.pid)) == 1), "a worker runs a task")
     pids = workers_of(d.pid)
-    tap.eq(forked_and_execd(d, "hold"), (1, 0), "forked")
+    tap.eq(forked_and_execd(d, "hold", (1, 0)), (1, 0), "forked")
     for pid in pids + [factory_of(d.pid)]:
         with open("/proc/%d/environ" % pid, "rb") as f:
             environ = f.read()
@@ -286,7 +329,7 @@ def test_hung_factory(tap, env):
     tap.ok(d.wait_log(r"worker factory \d+: did not start in time"),
            "the factory's silence is said", d.log()[-5:])
     tap.ok(outputs(env, "hung"), "runs get exec'd workers")
-    tap.eq(forked_and_execd(d, "hung"), (0, 2), "(exec'd)")
+    tap.eq(forked_and_execd(d, "hung", (0, 2)), (0, 2), "(exec'd)")
     tap.eq(workers_of(d.pid, "Z"), [], "no zombie left of it")
     d.signal(signal.SIGTERM)
     tap.eq(d.wait_exit(), 0, "clean exit")
@@ -305,5 +348,6 @@ def test_daemon_killed(tap, env):
            "SIGKILL of the daemon takes its factory and workers with it")
 
 
-main([test_forked_workers_are_as_execd, test_factory_killed, test_factory_off,
+main([test_forked_workers_are_as_execd, test_factory_killed, test_reload_takes_new_limits,
+      test_factory_off,
       test_only_with_process_jobs, test_environment, test_no_daemon_secrets_in_worker, test_hung_factory, test_daemon_killed])

@@ -172,6 +172,8 @@ def test_worker_cannot_start(tap, env):
            all(r["status"] == "failed" and "worker could not start" in r["error"]
                for r in res),
            "the next run tries again and reports why its tasks failed", res)
+    # The log reaches us through a pipe: let it catch up with the run.
+    d.wait_log(r"job nofd: worker \d+ cannot start", n=2)
     tap.eq(d.count(r"job nofd: worker \d+ cannot start"), 2,
            "one more try, for the run, and still no loop")
     d.signal(signal.SIGTERM)
