@@ -2,8 +2,9 @@
  * sup.c - the process executor: supervised jobrund-worker processes.
  *
  * Each process-mode job has a pool of up to `workers` worker processes,
- * started on demand from the main thread with posix_spawn (the daemon has
- * threads, so it must exec, never plain fork) -- or, with `prestart`, all
+ * started on demand from the main thread -- forked by the worker factory
+ * (factory.c), or else with posix_spawn (the daemon has threads, so it
+ * must exec, never plain fork) -- or, with `prestart`, all
  * at once when the daemon takes the job up, and replaced whenever one
  * exits, so that no run waits for a start -- each:
  *   - in its own process group, so a kill reaches whatever it started;
