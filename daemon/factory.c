@@ -14,19 +14,21 @@
  * Used when the config's worker_factory is true (the default) and the
  * worker's environment has the factory's values of the variables only an
  * exec reads (LD_*, MALLOC_*, GLIBC_TUNABLES, *SAN_OPTIONS), taken from
- * the daemon's:
- * other workers are exec'd.  The factory's environment holds those and
- * nothing else of the daemon's, since a forked worker's memory and
- * /proc/PID/environ show it; the factory wipes each request (a job's
- * env) after forking.  When the
- * factory cannot work here (it says why, once), cannot be started, dies
- * or stops answering, workers are exec'd with posix_spawn; the factory is
- * started again at the first spawn FACTORY_RETRY_S later (then 10 s,
- * 20 s... up to 5 minutes while it keeps failing; not when it cannot
- * work here).  It starts with the daemon when the config has an enabled
- * process-mode job (else with the first worker), and again at a reload
- * that finds jobrund-worker replaced (an upgrade), the exec-time
- * variables changed or worker_factory turned on.
+ * the daemon's; other workers are exec'd.  The factory's environment
+ * holds those and nothing else of the daemon's, since a forked worker's
+ * memory and /proc/PID/environ show it; the factory wipes each request (a
+ * job's env) after forking.
+ *
+ * When the factory cannot work here (it says why, once), cannot be
+ * started, dies or stops answering, workers are exec'd with posix_spawn;
+ * the factory is started again with the first worker FACTORY_RETRY_S
+ * later (then 10 s, 20 s... up to 5 minutes while it keeps failing; never
+ * when it cannot work here).  It starts with the daemon when the config
+ * has an enabled process-mode job (else with the first worker), and again
+ * at a reload that turns worker_factory on or finds it outdated:
+ * jobrund-worker replaced (an upgrade), other exec-time variables, or
+ * other resource limits, nice value or CPU affinity, which a fork
+ * inherits from the factory where an exec takes the daemon's.
  *
  * Requests are synchronous: the main thread sends SPAWN and waits, at
  * most FACTORY_ANSWER_S, for SPAWNED.  So a worker's pid is known before
