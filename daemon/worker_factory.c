@@ -21,10 +21,15 @@
  * kernel holds for the factory, PR_GET_TID_ADDRESS) and its robust mutex
  * list (set_robust_list).  There is nothing more to reset: the factory
  * is single-threaded, holds no lock when it forks and has no fork
- * handlers, since it never loads a plugin.  Where either call is missing
- * (a kernel without clone3 or CONFIG_CHECKPOINT_RESTORE, a seccomp
- * filter) the factory says so instead of READY, and the daemon execs its
- * workers.
+ * handlers, since it never loads a plugin.  Where one of the calls it
+ * needs is missing (a kernel without clone3, close_range or
+ * CONFIG_CHECKPOINT_RESTORE; a seccomp filter) the factory says so
+ * instead of READY, and the daemon execs its workers.
+ *
+ * Its memory is every later worker's: it holds none of the daemon's
+ * environment but the exec-time variables (factory.c), wipes each request
+ * once it has forked, and never logs (syslog would read the time zone
+ * once, here, for every worker).
  *
  * The worker then makes itself what posix_spawn would have made: its own
  * process group; fds 0-4 as sup.c documents (fd 0 is the factory's
