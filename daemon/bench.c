@@ -314,9 +314,10 @@ bench_children(pid_t *pids, size_t max)
 	while ((de = readdir(d)) != NULL && n < max) {
 		if (de->d_name[0] < '1' || de->d_name[0] > '9')
 			continue;
-		if (bench_ppid(de->d_name) == me &&
-		    (pid_t)strtol(de->d_name, NULL, 10) != factory)
-			pids[n++] = (pid_t)strtol(de->d_name, NULL, 10);
+		pid_t pid = (pid_t)strtol(de->d_name, NULL, 10);
+
+		if (bench_ppid(de->d_name) == me && pid != factory)
+			pids[n++] = pid;
 	}
 	closedir(d);
 	return n;

@@ -163,16 +163,10 @@ static int
 receive(uint8_t *buf, size_t size, uint8_t *type, const uint8_t **payload,
 	size_t *plen, int *fd, bool *fd_lost)
 {
-	struct iovec iov = { buf, size };
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} cm;
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-			     .msg_control = cm.buf, .msg_controllen = sizeof cm.buf };
 	struct pollfd pfd = { fac.sock, POLLIN, 0 };
 	double until = mono_now() + FACTORY_ANSWER_S;
-	size_t off = 0;
+	size_t off = 0, nfds;
+	int flags;
 	ssize_t n;
 
 	*fd = -1;
@@ -189,18 +183,13 @@ receive(uint8_t *buf, size_t size, uint8_t *type, const uint8_t **payload,
 		if (errno != EINTR)
 			return -1;
 	}
-	n = recvmsg(fac.sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); n >= 0 && c;
-	     c = CMSG_NXTHDR(&mh, c))
-		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-		    c->cmsg_len == CMSG_LEN(sizeof(int)))
-			memcpy(fd, CMSG_DATA(c), sizeof *fd);
+	n = recv_with_fds(fac.sock, buf, size, fd, 1, &nfds, &flags);
 	if (n == 0)
 		errno = ECONNRESET;
 	if (n <= 0)
 		return -1;
-	*fd_lost = (mh.msg_flags & MSG_CTRUNC) != 0;
-	if ((mh.msg_flags & MSG_TRUNC) ||
+	*fd_lost = (flags & MSG_CTRUNC) != 0;
+	if ((flags & MSG_TRUNC) ||
 	    proto_next_frame(buf, (size_t)n, &off, type, payload, plen) != 1 ||
 	    off != (size_t)n) {
 		if (*fd != -1)
@@ -272,14 +261,6 @@ same_startup_variables(char *const envp[], char *const factory_env[])
 	return mine == theirs;
 }
 
-static void
-free_environment(char **envp)
-{
-	for (char **e = envp; e && *e; e++)
-		free(*e);
-	free(envp);
-}
-
 /* Start the factory.  On the main thread, always: the factory's parent
  * thread becomes its workers' (CLONE_PARENT), and their death signal
  * (PR_SET_PDEATHSIG) fires when that thread ends. */
@@ -321,7 +302,7 @@ start(void)
 		memset(&fac.exe, 0, sizeof fac.exe);
 	attrs_read(&fac.attrs);
 	rc = posix_spawn(&pid, path, &fa, &attr, argv, envp);
-	free_environment(fac.env);
+	strv_free(fac.env);
 	fac.env = envp;
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
@@ -402,9 +383,8 @@ factory_outdated(void)
 	    st.st_ctim.tv_nsec != fac.exe.st_ctim.tv_nsec)
 		return true;
 	envp = factory_environment();
-	same = same_startup_variables(envp, fac.env) &&
-	       same_startup_variables(fac.env, envp);
-	free_environment(envp);
+	same = same_startup_variables(envp, fac.env);
+	strv_free(envp);
 	return !same;
 }
 
@@ -443,7 +423,7 @@ void
 factory_stop(void)
 {
 	drop(NULL);
-	free_environment(fac.env);
+	strv_free(fac.env);
 	fac.env = NULL;
 }
 
@@ -463,15 +443,15 @@ factory_spawn(unsigned long seq, const char *job, char *const envp[], const int 
 	uint8_t buf[256], type;
 	const uint8_t *payload;
 	size_t plen;
-	int fd = -1;
+	ssize_t sent;
+	int fd = -1, err;
 	bool fd_lost;
 
 	if (!fac.wanted)
 		return FACTORY_UNAVAILABLE;
-	/* A worker that could not be forked does not start a factory. */
-	if (fac.env != NULL && !same_startup_variables(envp, fac.env))
-		return FACTORY_UNAVAILABLE;
-	if (fac.pid == 0 && !fac.cannot && mono_now() >= fac.retry_at)
+	/* (A worker that could not be forked does not start a factory.) */
+	if (fac.pid == 0 && !fac.cannot && mono_now() >= fac.retry_at &&
+	    (fac.env == NULL || same_startup_variables(envp, fac.env)))
 		start();
 	if (fac.pid == 0 || !same_startup_variables(envp, fac.env))
 		return FACTORY_UNAVAILABLE;
@@ -485,43 +465,22 @@ factory_spawn(unsigned long seq, const char *job, char *const envp[], const int 
 		return FACTORY_UNAVAILABLE;
 	}
 
-	{
-		struct iovec iov = { b.data, b.len };
-		union {
-			char buf[CMSG_SPACE(3 * sizeof(int))];
-			struct cmsghdr align;
-		} cm;
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-				     .msg_control = cm.buf,
-				     .msg_controllen = sizeof cm.buf };
-		struct cmsghdr *c;
-		ssize_t n;
+	sent = send_with_fds(fac.sock, b.data, b.len, fds, 3);
+	err = errno;
+	pbuf_free(&b);
+	if (sent == -1 && err == EMSGSIZE) {
+		/* More than this socket takes in one message (a small
+		 * wmem_max): this worker is exec'd, the factory stays. */
+		log_debug("job %s: environment too large for the worker "
+			  "factory's socket", job);
+		return FACTORY_UNAVAILABLE;
+	}
+	if (sent == -1) {
+		char why[128];
 
-		memset(&cm, 0, sizeof cm);
-		c = CMSG_FIRSTHDR(&mh);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(3 * sizeof(int));
-		memcpy(CMSG_DATA(c), fds, 3 * sizeof(int));
-		do
-			n = sendmsg(fac.sock, &mh, MSG_NOSIGNAL);
-		while (n == -1 && errno == EINTR);
-		pbuf_free(&b);
-		if (n == -1 && errno == EMSGSIZE) {
-			/* More than this socket takes in one message (a small
-			 * wmem_max): this worker is exec'd, the factory stays. */
-			log_debug("job %s: environment too large for the worker "
-				  "factory's socket", job);
-			return FACTORY_UNAVAILABLE;
-		}
-		if (n == -1) {
-			char why[128];
-
-			snprintf(why, sizeof why, "cannot take a request: %s",
-				 strerror(errno));
-			drop(why);
-			return FACTORY_UNAVAILABLE;
-		}
+		snprintf(why, sizeof why, "cannot take a request: %s", strerror(err));
+		drop(why);
+		return FACTORY_UNAVAILABLE;
 	}
 
 	/* From here the factory may have forked a worker holding FDS: the

@@ -213,6 +213,15 @@ double mono_now(void);                          /* CLOCK_MONOTONIC seconds */
 void errlist_add(struct errlist *el, const char *fmt, ...) JR_PRINTFLIKE(2, 3);
 void errlist_free(struct errlist *el);
 int set_cloexec_nonblock(int fd);
+void strv_free(char **v);                       /* a NULL-terminated malloc'd array */
+/* One message of LEN bytes with NFDS (<= 4) descriptors attached
+ * (SCM_RIGHTS); no SIGPIPE.  Bytes sent, or -1 with errno. */
+ssize_t send_with_fds(int sock, const void *buf, size_t len, const int *fds, size_t nfds);
+/* Receive one message into BUF, blocking; up to MAXFDS descriptors come
+ * in FDS (*NFDS of them, close-on-exec; more are closed), the message's
+ * flags (MSG_TRUNC, MSG_CTRUNC) in *MSG_FLAGS.  Bytes, 0 at EOF, -1. */
+ssize_t recv_with_fds(int sock, void *buf, size_t size, int *fds, size_t maxfds,
+		      size_t *nfds, int *msg_flags);
 
 /* ------------------------------------------------------------------ */
 /* duration.c - "500ms", "5s", "2m", "1h", or a number of seconds      */

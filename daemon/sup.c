@@ -1589,9 +1589,7 @@ again:
 	forked = rc == 0;
 	if (rc == FACTORY_UNAVAILABLE)
 		rc = exec_worker(sp, envp, fds, &pid, &pidfd);
-	for (char **e = envp; *e; e++)
-		free(*e);
-	free(envp);
+	strv_free(envp);
 	if (rc == FACTORY_LOST) {
 		/* What it may have forked holds these: start over. */
 		factory_failed = true;

@@ -2,7 +2,8 @@
  * util.c - small helpers every part of jobrund uses: allocation that
  * aborts on exhaustion (a daemon that cannot allocate a few bytes cannot
  * do anything useful, and pretending otherwise spreads NULL checks over
- * every line), monotonic time, error lists and descriptor flags.
+ * every line), monotonic time, error lists, descriptor flags and
+ * passing descriptors over a UNIX socket.
  */
 #include "config.h"
 
@@ -11,6 +12,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "jobrund.h"
 
@@ -108,6 +111,86 @@ errlist_free(struct errlist *el)
 	free(el->msgs);
 	el->msgs = NULL;
 	el->n = el->cap = 0;
+}
+
+void
+strv_free(char **v)
+{
+	for (char **e = v; e && *e; e++)
+		free(*e);
+	free(v);
+}
+
+/* Descriptors travel in one SCM_RIGHTS message, at most FDS_MAX. */
+#define FDS_MAX 4
+
+ssize_t
+send_with_fds(int sock, const void *buf, size_t len, const int *fds, size_t nfds)
+{
+	struct iovec iov = { (void *)(uintptr_t)buf, len };
+	union {
+		char buf[CMSG_SPACE(FDS_MAX * sizeof(int))];
+		struct cmsghdr align;
+	} cm;
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	ssize_t n;
+
+	if (nfds > FDS_MAX) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (nfds > 0) {
+		struct cmsghdr *c;
+
+		memset(&cm, 0, sizeof cm);
+		mh.msg_control = cm.buf;
+		mh.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+		c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+		memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+	}
+	do
+		n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+	while (n == -1 && errno == EINTR);
+	return n;
+}
+
+ssize_t
+recv_with_fds(int sock, void *buf, size_t size, int *fds, size_t maxfds,
+	      size_t *nfds, int *msg_flags)
+{
+	struct iovec iov = { buf, size };
+	union {
+		char buf[CMSG_SPACE(FDS_MAX * sizeof(int))];
+		struct cmsghdr align;
+	} cm;
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cm.buf, .msg_controllen = sizeof cm.buf };
+	ssize_t n;
+
+	*nfds = 0;
+	do
+		n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+	while (n == -1 && errno == EINTR);
+	if (n == -1)
+		return -1;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+			int fd;
+
+			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+			if (*nfds < maxfds)
+				fds[(*nfds)++] = fd;
+			else
+				close(fd);
+		}
+	}
+	*msg_flags = mh.msg_flags;
+	return n;
 }
 
 int

@@ -138,27 +138,8 @@ find_rooms(int argc, char **argv)
 static void
 send_frame(struct pbuf *b, int fd_to_pass)
 {
-	struct iovec iov = { b->data, b->len };
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} cm;
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-
-	if (fd_to_pass != -1) {
-		struct cmsghdr *c;
-
-		memset(&cm, 0, sizeof cm);
-		mh.msg_control = cm.buf;
-		mh.msg_controllen = sizeof cm.buf;
-		c = CMSG_FIRSTHDR(&mh);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(c), &fd_to_pass, sizeof(int));
-	}
 	/* The daemon gone, nobody is left to tell. */
-	(void)sendmsg(FACTORY_FD, &mh, MSG_NOSIGNAL);
+	(void)send_with_fds(FACTORY_FD, b->data, b->len, &fd_to_pass, fd_to_pass != -1);
 	b->len = 0;
 }
 
@@ -265,38 +246,14 @@ can_fork_for_daemon(void)
 
 /* Receive one request and its descriptors; false at EOF. */
 static bool
-receive(uint8_t *buf, size_t size, size_t *len, int fds[3], int *nfds)
+receive(uint8_t *buf, size_t size, size_t *len, int fds[3], size_t *nfds)
 {
-	struct iovec iov = { buf, size };
-	union {
-		char buf[CMSG_SPACE(3 * sizeof(int))];
-		struct cmsghdr align;
-	} cm;
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-			     .msg_control = cm.buf, .msg_controllen = sizeof cm.buf };
-	ssize_t n;
+	int flags;
+	ssize_t n = recv_with_fds(FACTORY_FD, buf, size, fds, 3, nfds, &flags);
 
-	*nfds = 0;
-	do
-		n = recvmsg(FACTORY_FD, &mh, MSG_CMSG_CLOEXEC);
-	while (n == -1 && errno == EINTR);
 	if (n <= 0)
 		return false;
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-			continue;
-		size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		for (size_t i = 0; i < k; i++) {
-			int fd;
-
-			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-			if (*nfds < 3)
-				fds[(*nfds)++] = fd;
-			else
-				close(fd);
-		}
-	}
-	*len = (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ? 0 : (size_t)n;
+	*len = (flags & (MSG_TRUNC | MSG_CTRUNC)) ? 0 : (size_t)n;
 	return true;
 }
 
@@ -338,7 +295,8 @@ factory_main(int argc, char **argv)
 		const uint8_t *payload;
 		size_t len, off = 0, plen;
 		uint8_t type;
-		int fds[3], nfds, pidfd = -1;
+		int fds[3], pidfd = -1;
+		size_t nfds;
 		pid_t pid;
 
 		if (!receive(buf, sizeof buf, &len, fds, &nfds))
@@ -351,7 +309,7 @@ factory_main(int argc, char **argv)
 			 * even a log line: syslog would fix the time zone of
 			 * every worker forked later). */
 			explicit_bzero(buf, sizeof buf);
-			for (int i = 0; i < nfds; i++)
+			for (size_t i = 0; i < nfds; i++)
 				close(fds[i]);
 			continue;
 		}
@@ -369,7 +327,7 @@ factory_main(int argc, char **argv)
 			answer(rq.seq, pid, 0, pidfd);
 			close(pidfd);
 		}
-		for (int i = 0; i < nfds; i++)
+		for (size_t i = 0; i < nfds; i++)
 			close(fds[i]);
 		wipe_request(&rq);
 	}

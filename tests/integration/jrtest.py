@@ -198,12 +198,8 @@ def processes_matching(marker):
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmd and int(pid) != os.getpid() and _started_by_us(int(pid)):
+        if marker in cmdline(int(pid)) and int(pid) != os.getpid() and \
+                _started_by_us(int(pid)):
             found.append(int(pid))
     return found
 
