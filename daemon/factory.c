@@ -30,12 +30,14 @@
  * other resource limits, nice value or CPU affinity, which a fork
  * inherits from the factory where an exec takes the daemon's.
  *
- * Requests are synchronous: the main thread sends SPAWN and waits, at
- * most FACTORY_ANSWER_S, for SPAWNED.  So a worker's pid is known before
- * the loop runs again, and the reaper meets no worker of ours it does not
- * know, but one the factory forked after we gave up on it (FACTORY_LOST,
- * or no descriptor left for its pidfd): that one exits as its socket
- * closes, and the reaper reaps it.
+ * The main thread sends the SPAWN requests for the workers it starts
+ * together (up to FACTORY_PIPELINE: a cold pool's), then reads their
+ * SPAWNED answers in order, waiting at most FACTORY_ANSWER_S for each:
+ * the factory forks the next while the daemon greets the one before.  All
+ * are answered before the loop runs again, so a worker's pid is known
+ * before the reaper can meet it, but one the factory forked after we gave
+ * up on it (FACTORY_LOST, or no descriptor left for its pidfd): that one
+ * exits as its socket closes, and the reaper reaps it.
  */
 #include "config.h"
 
@@ -94,6 +96,9 @@ static struct {
 	char **env;                     /* what it was started with */
 	struct stat exe;                /* ...and from (jobrund-worker) */
 	struct attrs attrs;             /* the daemon's, which it took */
+	unsigned long asked[FACTORY_PIPELINE]; /* requests not yet answered,
+						  oldest first */
+	int nasked;
 } fac = { .pidfd = -1, .sock = -1 };
 
 /* It failed: not again for a while, longer each time, so that a factory
@@ -132,6 +137,7 @@ drop(const char *why)
 	close(fac.pidfd);
 	fac.pidfd = -1;
 	fac.pid = 0;
+	fac.nasked = 0;                 /* those requests died with it */
 	if (why)
 		back_off();
 }
@@ -434,21 +440,17 @@ factory_pid(void)
 }
 
 int
-factory_spawn(unsigned long seq, const char *job, char *const envp[], const int fds[3],
-	      pid_t *pid, int *pidfd)
+factory_ask(unsigned long seq, const char *job, char *const envp[], const int fds[3])
 {
 	struct msg_spawn rq = { .seq = seq, .job = job };
-	struct msg_spawned ans;
 	struct pbuf b = { 0 };
-	uint8_t buf[256], type;
-	const uint8_t *payload;
-	size_t plen;
 	ssize_t sent;
-	int fd = -1, err;
-	bool fd_lost;
+	int err;
 
 	if (!fac.wanted)
 		return FACTORY_UNAVAILABLE;
+	if (fac.nasked == FACTORY_PIPELINE)
+		return FACTORY_BUSY;
 	/* (A worker that could not be forked does not start a factory.) */
 	if (fac.pid == 0 && !fac.cannot && mono_now() >= fac.retry_at &&
 	    (fac.env == NULL || same_startup_variables(envp, fac.env)))
@@ -465,9 +467,15 @@ factory_spawn(unsigned long seq, const char *job, char *const envp[], const int 
 		return FACTORY_UNAVAILABLE;
 	}
 
-	sent = send_with_fds(fac.sock, b.data, b.len, fds, 3);
+	/* Into an empty socket a request of FACTORY_MAX_REQUEST at most
+	 * goes at once; behind others it may not, and a factory that hangs
+	 * would hold the loop for ever: not now, then. */
+	sent = send_with_fds(fac.sock, b.data, b.len, fds, 3,
+			     fac.nasked > 0 ? MSG_DONTWAIT : 0);
 	err = errno;
 	pbuf_free(&b);
+	if (sent == -1 && (err == EAGAIN || err == EWOULDBLOCK) && fac.nasked > 0)
+		return FACTORY_BUSY;
 	if (sent == -1 && err == EMSGSIZE) {
 		/* More than this socket takes in one message (a small
 		 * wmem_max): this worker is exec'd, the factory stays. */
@@ -482,10 +490,27 @@ factory_spawn(unsigned long seq, const char *job, char *const envp[], const int 
 		drop(why);
 		return FACTORY_UNAVAILABLE;
 	}
+	fac.asked[fac.nasked++] = seq;
+	return 0;
+}
 
-	/* From here the factory may have forked a worker holding FDS: the
-	 * caller must not hand them to another.  A worker we never hear
-	 * of sees its socket close with them and exits. */
+int
+factory_answer(unsigned long seq, pid_t *pid, int *pidfd)
+{
+	struct msg_spawned ans;
+	uint8_t buf[256], type;
+	const uint8_t *payload;
+	size_t plen;
+	int fd = -1;
+	bool fd_lost;
+
+	/* From the request on, the factory may have forked a worker holding
+	 * its descriptors: the caller must not hand them to another.  A
+	 * worker we never hear of sees its socket close with them and
+	 * exits.  Gone with the factory (drop) since it was asked: lost. */
+	if (fac.nasked == 0 || fac.asked[0] != seq)
+		return FACTORY_LOST;
+	memmove(fac.asked, fac.asked + 1, --fac.nasked * sizeof fac.asked[0]);
 	if (receive(buf, sizeof buf, &type, &payload, &plen, &fd, &fd_lost) == -1) {
 		char why[128];
 

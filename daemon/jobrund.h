@@ -212,11 +212,13 @@ ts_to_s(const struct timespec *ts)
 double mono_now(void);                          /* CLOCK_MONOTONIC seconds */
 void errlist_add(struct errlist *el, const char *fmt, ...) JR_PRINTFLIKE(2, 3);
 void errlist_free(struct errlist *el);
-int set_cloexec_nonblock(int fd);
+int set_nonblock(int fd);                       /* O_NONBLOCK on; 0 or -1 */
 void strv_free(char **v);                       /* a NULL-terminated malloc'd array */
 /* One message of LEN bytes with NFDS (<= 4) descriptors attached
- * (SCM_RIGHTS); no SIGPIPE.  Bytes sent, or -1 with errno. */
-ssize_t send_with_fds(int sock, const void *buf, size_t len, const int *fds, size_t nfds);
+ * (SCM_RIGHTS); no SIGPIPE; FLAGS more of sendmsg's (MSG_DONTWAIT).
+ * Bytes sent, or -1 with errno. */
+ssize_t send_with_fds(int sock, const void *buf, size_t len, const int *fds, size_t nfds,
+		      int flags);
 /* Receive one message into BUF, blocking; up to MAXFDS descriptors come
  * in FDS (*NFDS of them, close-on-exec; more are closed), the message's
  * flags (MSG_TRUNC, MSG_CTRUNC) in *MSG_FLAGS.  Bytes, 0 at EOF, -1. */
@@ -765,6 +767,8 @@ void tpool_foreach_thread(struct tpool *tp,
 struct sup_pool;
 struct sup_pool *sup_new(struct job_def *def, const struct jr_config *cfg);
 void sup_submit(struct sup_pool *sp, struct task *task);
+/* Submit a run's N TASKS in one go (as many sup_submit). */
+void sup_submit_many(struct sup_pool *sp, struct task *tasks, size_t n);
 /* Start its `workers` worker processes now, and from now on replace any
  * that exits while the pool is not stopping (`prestart`); again after a
  * suspension (a reload). */
@@ -798,22 +802,32 @@ void sup_spawnattr_init(posix_spawnattr_t *attr);
 /* factory.c: the worker factory, a jobrund-worker that forks workers. */
 #define FACTORY_ARG "--factory"                 /* its argv[1] */
 #define FACTORY_MAX_REQUEST (128 * 1024)        /* a SPAWN frame, at most */
-#define FACTORY_UNAVAILABLE 1                   /* factory_spawn: exec it */
+#define FACTORY_UNAVAILABLE 1                   /* factory_ask: exec it */
 #define FACTORY_LOST 2                          /* ...with new descriptors */
+#define FACTORY_BUSY 3                          /* collect answers first */
+#define FACTORY_PIPELINE 16                     /* requests unanswered, at most */
 /* At start-up and reload: (re)start the factory if CFG wants one and
  * has an enabled process-mode job (or FORCE: --bench will want it). */
 void factory_apply(const struct jr_config *cfg, bool force);
 void factory_stop(void);
 pid_t factory_pid(void);                        /* 0: none */
-/* Fork a worker for JOB with ENVP, tagged SEQ, its FDS (socket end,
- * output pipe, memory block) attached: 0 with *PID and *PIDFD; -1 with
- * errno when the system has no process or memory for it;
+/* Ask the factory to fork a worker for JOB with ENVP, tagged SEQ, its
+ * FDS (socket end, output pipe, memory block) attached: 0 when asked;
  * FACTORY_UNAVAILABLE when nothing was asked and the caller must exec
- * the worker itself; FACTORY_LOST when the factory failed after it was
- * asked (and is gone): FDS may have reached a process, which will exit
- * when the caller closes its ends, so exec the worker with new ones. */
-int factory_spawn(unsigned long seq, const char *job, char *const envp[],
-		  const int fds[3], pid_t *pid, int *pidfd);
+ * the worker itself; FACTORY_BUSY when FACTORY_PIPELINE requests (or as
+ * many as its socket holds) wait for their answers.  Several may be
+ * asked before the first answer is read, so that the factory forks one
+ * while the daemon sets up the one before; every request must have its
+ * factory_answer before the loop runs again (so the reaper meets no
+ * worker whose pid is unknown). */
+int factory_ask(unsigned long seq, const char *job, char *const envp[],
+		const int fds[3]);
+/* The answer to request SEQ, the oldest unanswered: 0 with *PID and
+ * *PIDFD; -1 with errno when the system has no process or memory for
+ * it; FACTORY_LOST when the factory failed after it was asked (and is
+ * gone): its FDS may have reached a process, which will exit when the
+ * caller closes its ends, so exec the worker with new ones. */
+int factory_answer(unsigned long seq, pid_t *pid, int *pidfd);
 /* worker_factory.c, in jobrund-worker: serve the daemon's requests;
  * returns only in a new worker. */
 void factory_main(int argc, char **argv);

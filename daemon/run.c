@@ -375,6 +375,8 @@ run_start_ex(struct jobrt *rt, const char *trigger, const struct run_observer *o
 		}
 		if (tp != NULL)
 			tpool_submit_many(tp, &tasks[from], to - from);
+		else if (def->mode == MODE_PROCESS)
+			sup_submit_many(rt->sup, &tasks[from], to - from);
 		else
 			for (size_t i = from; i < to; i++)
 				task_submit(rt, &tasks[i]);

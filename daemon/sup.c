@@ -1472,24 +1472,60 @@ worker_environment(const struct job_def *def, unsigned long seq)
 	return envp;
 }
 
-/* Close what spawn_worker made for a worker it did not start; errno
- * kept. */
+/* A worker being started: what it gets from the daemon. */
+struct spawn {
+	int sv[2], outp[2], memfd;      /* socket, output pipe, memory block */
+	void *shm;
+	unsigned long seq;
+	char **envp;
+	bool asked;                     /* the factory has the request */
+};
+
+/* Close and free what spawn_prepare made for a worker not started;
+ * errno kept. */
 static void
-close_spawn_fds(const int sv[2], const int outp[2], int memfd, void *shm)
+spawn_discard(struct spawn *s)
 {
 	int err = errno;
 
-	if (shm != MAP_FAILED)
-		munmap(shm, PROTO_SHM_SIZE);
-	if (memfd != -1)
-		close(memfd);
+	if (s->shm != MAP_FAILED)
+		munmap(s->shm, PROTO_SHM_SIZE);
+	if (s->memfd != -1)
+		close(s->memfd);
 	for (int i = 0; i < 2; i++) {
-		if (sv[i] != -1)
-			close(sv[i]);
-		if (outp[i] != -1)
-			close(outp[i]);
+		if (s->sv[i] != -1)
+			close(s->sv[i]);
+		if (s->outp[i] != -1)
+			close(s->outp[i]);
 	}
+	strv_free(s->envp);
+	memset(s, 0, sizeof *s);
+	s->sv[0] = s->sv[1] = s->outp[0] = s->outp[1] = s->memfd = -1;
+	s->shm = MAP_FAILED;
 	errno = err;
+}
+
+/* What a worker of SP is started with: 0, or -1 with errno. */
+static int
+spawn_prepare(struct sup_pool *sp, struct spawn *s)
+{
+	s->sv[0] = s->sv[1] = s->outp[0] = s->outp[1] = s->memfd = -1;
+	s->shm = MAP_FAILED;
+	s->envp = NULL;
+	s->asked = false;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s->sv) == -1 ||
+	    pipe2(s->outp, O_CLOEXEC) == -1 ||
+	    /* The block shared with the worker (struct proto_shm). */
+	    (s->memfd = memfd_create("jobrund-worker", MFD_CLOEXEC)) == -1 ||
+	    ftruncate(s->memfd, PROTO_SHM_SIZE) == -1 ||
+	    (s->shm = mmap(NULL, PROTO_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+			   s->memfd, 0)) == MAP_FAILED) {
+		spawn_discard(s);
+		return -1;
+	}
+	s->seq = ++worker_seq;
+	s->envp = worker_environment(sp->def, s->seq);
+	return 0;
 }
 
 void
@@ -1550,72 +1586,39 @@ exec_worker(struct sup_pool *sp, char *const envp[], const int fds[3], pid_t *pi
 	return 0;
 }
 
-/* Start a worker for SP: forked by the worker factory (factory.c) when
- * it can, else exec'd. */
-static int
-spawn_worker(struct sup_pool *sp)
+/* The worker's ends, as exec_worker and the factory take them. */
+static void
+spawn_fds(const struct spawn *s, int fds[3])
 {
-	int sv[2] = { -1, -1 }, outp[2] = { -1, -1 }, memfd = -1;
-	void *shm = MAP_FAILED;
-	char **envp;
-	unsigned long seq;
-	struct worker *w;
+	fds[0] = s->sv[1];
+	fds[1] = s->outp[1];
+	fds[2] = s->memfd;
+}
+
+/* Worker S of SP is running as PID: supervise it and greet it. */
+static void
+spawn_finish(struct sup_pool *sp, struct spawn *s, pid_t pid, int pidfd, bool forked)
+{
 	struct msg_hello hello;
-	pid_t pid;
-	int rc, pidfd, fds[3];
-	bool factory_failed = false, forked;
+	struct worker *w;
 
-again:
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1)
-		goto fail;
-	if (pipe2(outp, O_CLOEXEC) == -1)
-		goto fail;
-	/* The block shared with the worker (struct proto_shm). */
-	if ((memfd = memfd_create("jobrund-worker", MFD_CLOEXEC)) == -1)
-		goto fail;
-	if (ftruncate(memfd, PROTO_SHM_SIZE) == -1)
-		goto fail;
-	shm = mmap(NULL, PROTO_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
-	if (shm == MAP_FAILED)
-		goto fail;
-
-	seq = ++worker_seq;
-	envp = worker_environment(sp->def, seq);
-	fds[0] = sv[1];
-	fds[1] = outp[1];
-	fds[2] = memfd;
-	rc = factory_failed ? FACTORY_UNAVAILABLE :
-	     factory_spawn(seq, sp->def->name, envp, fds, &pid, &pidfd);
-	forked = rc == 0;
-	if (rc == FACTORY_UNAVAILABLE)
-		rc = exec_worker(sp, envp, fds, &pid, &pidfd);
-	strv_free(envp);
-	if (rc == FACTORY_LOST) {
-		/* What it may have forked holds these: start over. */
-		factory_failed = true;
-		close_spawn_fds(sv, outp, memfd, shm);
-		sv[0] = sv[1] = outp[0] = outp[1] = memfd = -1;
-		shm = MAP_FAILED;
-		goto again;
-	}
-	if (rc != 0)
-		goto fail;
-	close(sv[1]);
-	close(outp[1]);
-	close(memfd);
-	sv[1] = outp[1] = memfd = -1;
-	set_cloexec_nonblock(sv[0]);
-	set_cloexec_nonblock(outp[0]);
+	/* Its ends are the worker's now. */
+	close(s->sv[1]);
+	close(s->outp[1]);
+	close(s->memfd);
+	strv_free(s->envp);
+	set_nonblock(s->sv[0]);
+	set_nonblock(s->outp[0]);
 
 	w = xcalloc(1, sizeof *w);
 	w->pool = sp;
 	w->pid = pid;
 	w->pidfd = pidfd;
-	w->sock = sv[0];
-	w->outfd = outp[0];
+	w->sock = s->sv[0];
+	w->outfd = s->outp[0];
 	w->state = W_STARTING;
-	w->seq = seq;
-	w->shm = shm;
+	w->seq = s->seq;
+	w->shm = s->shm;
 	w->spawned = mono_now();
 	w->timer = loop_timer_new(timer_fired, w);
 	pconn_init(&w->conn, w->sock);
@@ -1652,11 +1655,69 @@ again:
 	arm_deadline(w, STARTUP_TIMEOUT);
 	log_debug("job %s: started worker %d (%s)", sp->def->name, (int)pid,
 		  forked ? "forked by the worker factory" : "exec'd");
-	return 0;
+}
 
-fail:
-	close_spawn_fds(sv, outp, memfd, shm);
-	return -1;
+/* Start up to N workers for SP, forked by the worker factory (factory.c)
+ * when it can, else exec'd: how many started; *ERR the errno of the
+ * first that could not (0: none failed; more may be started then).
+ *
+ * All are asked of the factory before the first answer is read: it forks
+ * one while the daemon prepares the next and greets the one before, so a
+ * cold pool's workers start together rather than one after the other. */
+static int
+spawn_workers(struct sup_pool *sp, int n, int *err)
+{
+	struct spawn s[FACTORY_PIPELINE];
+	int asked = 0, started = 0;
+
+	*err = 0;
+	if (n > FACTORY_PIPELINE)
+		n = FACTORY_PIPELINE;
+	for (; asked < n; asked++) {
+		int fds[3], rc;
+
+		if (spawn_prepare(sp, &s[asked]) == -1) {
+			/* Short of descriptors with some in hand: those
+			 * first; the caller's next round tries again. */
+			if (asked == 0)
+				*err = errno;
+			break;
+		}
+		spawn_fds(&s[asked], fds);
+		rc = factory_ask(s[asked].seq, sp->def->name, s[asked].envp, fds);
+		if (rc == FACTORY_BUSY) {
+			spawn_discard(&s[asked]);
+			break;
+		}
+		s[asked].asked = rc == 0;
+	}
+	for (int i = 0; i < asked; i++) {
+		struct spawn *one = &s[i];
+		int fds[3], pidfd, rc = FACTORY_UNAVAILABLE;
+		pid_t pid;
+
+		if (one->asked)
+			rc = factory_answer(one->seq, &pid, &pidfd);
+		if (rc == FACTORY_LOST) {
+			/* What it may have forked holds these: exec the
+			 * worker with new ones. */
+			spawn_discard(one);
+			rc = spawn_prepare(sp, one) == 0 ? FACTORY_UNAVAILABLE : -1;
+		}
+		if (rc == FACTORY_UNAVAILABLE) {
+			spawn_fds(one, fds);
+			rc = exec_worker(sp, one->envp, fds, &pid, &pidfd);
+		}
+		if (rc == 0) {
+			spawn_finish(sp, one, pid, pidfd, one->asked);
+			started++;
+		} else {
+			if (*err == 0)
+				*err = errno;
+			spawn_discard(one);
+		}
+	}
+	return started;
 }
 
 /* Is SP to be kept at its full size, work or not? */
@@ -1852,7 +1913,7 @@ spawn_more(struct sup_pool *sp)
 	while (sp->nqueued > 0 || keep_full(sp)) {
 		/* Retiring workers (stopping) no longer count: their
 		 * replacements may start while they exit. */
-		int starting = 0, serving = 0;
+		int starting = 0, serving = 0, want, started, err;
 		for (struct worker *w = sp->workers; w; w = w->next) {
 			starting += w->state == W_STARTING && !w->stopping;
 			serving += !w->stopping;
@@ -1873,15 +1934,23 @@ spawn_more(struct sup_pool *sp)
 								 spawn_timer_fired, sp);
 			return;
 		}
-		/* Only prestart wants this one: not at the cost of the
-		 * descriptors the daemon needs for its work. */
-		if (sp->nqueued == 0 && !fds_to_spare()) {
-			hold_prestart(sp, "too few descriptors left (RLIMIT_NOFILE) "
-				      "for another idle worker");
-			return;
+		want = sp->def->workers - serving;
+		if (sp->nqueued == 0) {
+			/* Only prestart wants these: one at a time, not at the
+			 * cost of the descriptors the daemon needs for its
+			 * work. */
+			if (!fds_to_spare()) {
+				hold_prestart(sp, "too few descriptors left "
+					      "(RLIMIT_NOFILE) for another idle worker");
+				return;
+			}
+			want = 1;
+		} else if (!keep_full(sp) && sp->nqueued - (size_t)starting < (size_t)want) {
+			want = (int)(sp->nqueued - (size_t)starting);
 		}
-		if (spawn_worker(sp) == -1) {
-			int err = errno;
+		started = spawn_workers(sp, want, &err);
+		serving += started;
+		if (err != 0) {
 			bool shortage = err == EMFILE || err == ENFILE ||
 					err == EAGAIN || err == ENOMEM;
 
@@ -1904,6 +1973,8 @@ spawn_more(struct sup_pool *sp)
 			free(why);
 			return;
 		}
+		if (started == 0)
+			return;         /* none started, none failed: later */
 		sp->shortage_logged = false;
 	}
 }
@@ -2227,6 +2298,18 @@ sup_prestart(struct sup_pool *sp)
 	dispatch(sp);
 }
 
+/* Every so often while a run submits (SUBMIT_POLL tasks): look at the
+ * workers (READY, results) and hand out what is queued, so that they
+ * work while the rest is queued; the first time, start them. */
+static void
+submit_poll(struct sup_pool *sp)
+{
+	for (struct worker *w = sp->workers; w; w = w->next)
+		if (w->sock != -1 && !w->gone)
+			read_socket(w);
+	dispatch(sp);
+}
+
 void
 sup_submit(struct sup_pool *sp, struct task *t)
 {
@@ -2235,15 +2318,31 @@ sup_submit(struct sup_pool *sp, struct task *t)
 		return;
 	}
 	queue_push(sp, t);
-	/* A run submits its tasks in one go, which for a big run takes a
-	 * while: start the workers at the first, and every so often look at
-	 * them (READY, results) and hand out what is queued, so that they
-	 * work while the rest is queued.  The loop does the rest. */
-	if (sp->submitted++ % SUBMIT_POLL == 0) {
-		for (struct worker *w = sp->workers; w; w = w->next)
-			if (w->sock != -1 && !w->gone)
-				read_socket(w);
-		dispatch(sp);
+	if (sp->submitted++ % SUBMIT_POLL == 0)
+		submit_poll(sp);
+	kick(sp);
+}
+
+void
+sup_submit_many(struct sup_pool *sp, struct task *tasks, size_t n)
+{
+	/* Queued a slice at a time, so that the first dispatch sees as many
+	 * tasks as there are workers to start, and starts them together. */
+	for (size_t from = 0; from < n; ) {
+		size_t to = n - from > SUBMIT_POLL ? from + SUBMIT_POLL : n;
+
+		if (sp->stopping) {
+			/* The last may end the run: nothing after it. */
+			for (size_t i = from; i < n; i++)
+				finish_unstarted(&tasks[i], TASK_CANCELLED,
+						 "jobrund is stopping");
+			return;
+		}
+		for (size_t i = from; i < to; i++)
+			queue_push(sp, &tasks[i]);
+		sp->submitted += to - from;
+		from = to;
+		submit_poll(sp);
 	}
 	kick(sp);
 }

@@ -125,7 +125,8 @@ strv_free(char **v)
 #define FDS_MAX 4
 
 ssize_t
-send_with_fds(int sock, const void *buf, size_t len, const int *fds, size_t nfds)
+send_with_fds(int sock, const void *buf, size_t len, const int *fds, size_t nfds,
+	      int flags)
 {
 	struct iovec iov = { (void *)(uintptr_t)buf, len };
 	union {
@@ -152,7 +153,7 @@ send_with_fds(int sock, const void *buf, size_t len, const int *fds, size_t nfds
 		memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
 	}
 	do
-		n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+		n = sendmsg(sock, &mh, MSG_NOSIGNAL | flags);
 	while (n == -1 && errno == EINTR);
 	return n;
 }
@@ -194,14 +195,11 @@ recv_with_fds(int sock, void *buf, size_t size, int *fds, size_t maxfds,
 }
 
 int
-set_cloexec_nonblock(int fd)
+set_nonblock(int fd)
 {
 	int fl = fcntl(fd, F_GETFL);
 
 	if (fl == -1 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) == -1)
-		return -1;
-	fl = fcntl(fd, F_GETFD);
-	if (fl == -1 || fcntl(fd, F_SETFD, fl | FD_CLOEXEC) == -1)
 		return -1;
 	return 0;
 }

@@ -636,9 +636,9 @@ main(int argc, char **argv)
 		     "jobrund and jobrund-worker are from different builds",
 		     hello.version, PROTO_VERSION);
 	job_name = hello.job;
-	log_init("jobrund", false, hello.log_level);
-	/* Reopen syslog's socket only when there is something to log, so that
-	 * a plugin sees nothing open but fds 0-3. */
+	/* Lines go to the daemon (log_to_daemon), and syslog's socket opens
+	 * only if one cannot: a plugin sees nothing open but fds 0-3. */
+	log_set_level(hello.log_level);
 	closelog();
 	host_set_log_hook(log_to_daemon);
 	/* While still the daemon's user: the pipe is the daemon's, and a

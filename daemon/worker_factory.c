@@ -139,7 +139,7 @@ static void
 send_frame(struct pbuf *b, int fd_to_pass)
 {
 	/* The daemon gone, nobody is left to tell. */
-	(void)send_with_fds(FACTORY_FD, b->data, b->len, &fd_to_pass, fd_to_pass != -1);
+	(void)send_with_fds(FACTORY_FD, b->data, b->len, &fd_to_pass, fd_to_pass != -1, 0);
 	b->len = 0;
 }
 

@@ -335,6 +335,49 @@ def test_hung_factory(tap, env):
     tap.eq(d.wait_exit(), 0, "clean exit")
 
 
+def pool_job(name, workers):
+    """A process-mode job of WORKERS workers, as many tasks, one each."""
+    return ('{ name = "%s"; plugin = "crash"; mode = "process"; workers = %d; '
+            'schedule = "@manual"; max_tasks_per_worker = 1; inputs = [ %s ]; }'
+            % (name, workers, ", ".join(['"pid"'] * workers)))
+
+
+def test_cold_pool_forked_together(tap, env):
+    """A cold pool's workers are asked of the factory together, more than
+    it takes at once (16) too: every one forked, each serving a task."""
+    cfg = config(env, pool_job("wide", 20))
+    d = start(tap, env, cfg)
+    out = outputs(env, "wide")
+    tap.ok(len(set(out or [])) == 20, "20 workers served the run's 20 tasks", out)
+    tap.eq(forked_and_execd(d, "wide", (20, 0)), (20, 0), "all forked by the factory")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
+def test_factory_stops_mid_batch(tap, env):
+    """A factory that stops answering with a pool's requests in it costs
+    one bounded wait, not one per request: every worker is exec'd and
+    the run completes."""
+    cfg = config(env, pool_job("stalled", 4))
+    d = start(tap, env, cfg)
+    fac = wait_for(lambda: factory_of(d.pid))
+    tap.ok(fac, "the factory is up")
+    os.kill(fac, signal.SIGSTOP)
+    t0 = time.monotonic()
+    out = outputs(env, "stalled")
+    took = time.monotonic() - t0
+    tap.ok(len(set(out or [])) == 4, "4 workers served the run", out)
+    tap.ok(d.wait_log(r"worker factory %d: did not answer in time" % fac),
+           "the factory's silence is said", d.log()[-5:])
+    tap.eq(forked_and_execd(d, "stalled", (0, 4)), (0, 4), "every worker was exec'd")
+    # One answer's wait (2 s), not one per request asked (8 s).
+    tap.ok(took < 6, "the run waited for the factory once (%.1f s)" % took)
+    tap.ok(wait_for(lambda: not os.path.exists("/proc/%d" % fac)),
+           "the stopped factory is killed and reaped")
+    d.signal(signal.SIGTERM)
+    tap.eq(d.wait_exit(), 0, "clean exit")
+
+
 def test_daemon_killed(tap, env):
     cfg = config(env, job("orphans", ('"hang"', '"hang"')))
     d = start(tap, env, cfg)
@@ -350,4 +393,5 @@ def test_daemon_killed(tap, env):
 
 main([test_forked_workers_are_as_execd, test_factory_killed, test_reload_takes_new_limits,
       test_factory_off,
-      test_only_with_process_jobs, test_environment, test_no_daemon_secrets_in_worker, test_hung_factory, test_daemon_killed])
+      test_only_with_process_jobs, test_environment, test_no_daemon_secrets_in_worker, test_hung_factory,
+      test_cold_pool_forked_together, test_factory_stops_mid_batch, test_daemon_killed])
