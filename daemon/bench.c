@@ -78,6 +78,10 @@
 #define BENCH_WORKERS_MAX	1024		/* what config.c allows */
 #define BENCH_TASKS_MAX		100000000UL	/* inputs x repeat */
 #define BENCH_PIDS_MAX		4096
+/* A run whose CPU-bound tasks took this much more or less CPU than the
+ * sequential run's ran on CPUs of another speed (bench_speed_varied) */
+#define BENCH_SPEED_TOLERANCE	0.10
+#define BENCH_SPEED_MIN_TASK_S	1e-3		/* ...tasks this long at least */
 
 enum bench_kind {
 	BENCH_SEQ, BENCH_THREAD, BENCH_PROCESS,         /* always */
@@ -122,6 +126,7 @@ struct bench_run {
 	double rq_wait;                 /* sequential: waiting for a CPU;
 					   -1 unknown */
 	double task_wall;               /* sum of the tasks' own wall */
+	double task_cpu;                /* ...and of their own CPU time */
 	size_t ndone, nfailed;
 	struct bench_fail fails[BENCH_FAILS_KEPT];
 	size_t nfails;
@@ -586,6 +591,7 @@ bench_record(struct bench_run *r, size_t index, const struct task_result *tr)
 	    (r->first_start == 0 || started < r->first_start))
 		r->first_start = started;
 	r->task_wall += tr->wall_s;
+	r->task_cpu += tr->cpu_s;
 	if (tr->status == TASK_OK)
 		return;
 	r->nfailed++;
@@ -877,13 +883,64 @@ bench_fmt_kib(long kib, char *buf, size_t len)
 	return buf;
 }
 
+/* Did the CPUs run at one speed through the runs?  The CPU time that
+ * CPU-bound tasks take is their work's, whatever the mode: a run in
+ * which the same tasks took more than BENCH_SPEED_TOLERANCE more or less
+ * of it than sequentially ran on slower or faster CPUs (other virtual
+ * machines on the host, frequency scaling, hyperthreads slowing each
+ * other down), and its speed-up is off by as much.  On a virtual machine
+ * this is common, and invisible in the load average.  Only where every
+ * task's CPU time is read (tasks of BENCH_SPEED_MIN_TASK_S or more) and
+ * every run did all tasks, none failing.  1, with what each run took
+ * in BUF, when one differs; 0 when none does; -1 when this cannot be
+ * told (BUF empty). */
+static int
+bench_speed_varied(const struct bench *b, char *buf, size_t len)
+{
+	const struct bench_run *seq = &b->runs[BENCH_SEQ];
+	double per_task;
+	int varied = 0;
+	size_t used;
+	char t[32];
+
+	buf[0] = '\0';
+	if (!seq->complete || seq->ndone == 0 || seq->nfailed > 0 ||
+	    seq->task_wall / (double)seq->ndone < BENCH_SPEED_MIN_TASK_S ||
+	    seq->task_cpu < 0.8 * seq->task_wall)
+		return -1;
+	per_task = seq->task_cpu / (double)seq->ndone;
+	used = (size_t)snprintf(buf, len, "the same tasks took %s of CPU "
+	    "sequentially", bench_fmt_time(seq->task_cpu, t, sizeof t));
+	for (int k = BENCH_SEQ + 1; k < b->nruns; k++) {
+		const struct bench_run *r = &b->runs[k];
+
+		if (!r->complete || r->ndone != seq->ndone || r->nfailed > 0)
+			continue;
+		double off = r->task_cpu / (double)r->ndone / per_task - 1;
+
+		if (off > BENCH_SPEED_TOLERANCE || off < -BENCH_SPEED_TOLERANCE)
+			varied = 1;
+		if (used < len)
+			used += (size_t)snprintf(buf + used, len - used, ", %s in %s%s",
+			    bench_fmt_time(r->task_cpu, t, sizeof t), r->name,
+			    r->warm ? "" : " mode");
+	}
+	if (used < len)
+		snprintf(buf + used, len - used, ": the CPUs did not run at one "
+		    "speed from run to run (other virtual machines on the host, "
+		    "frequency scaling, or hyperthreads slowing each other down), "
+		    "and the speed-ups are off by as much; measure again");
+	return varied;
+}
+
 /* The recommendation and its reason, in one line, from the thread run
  * TH and the process run PR; *MODE and *WORKLOAD get short names for the
- * JSON. */
+ * JSON.  Not STEADY (bench_speed_varied): a difference between the modes
+ * may be the CPUs', so no cause is named for it. */
 static void
 bench_advise_from(const struct bench *b, const struct bench_run *th,
-    const struct bench_run *pr, char *buf, size_t len, const char **mode,
-    const char **workload, double *ratio)
+    const struct bench_run *pr, bool steady, char *buf, size_t len,
+    const char **mode, const char **workload, double *ratio)
 {
 	const struct bench_run *seq = &b->runs[BENCH_SEQ];
 	struct bench_derived ds, dt, dp;
@@ -972,6 +1029,15 @@ bench_advise_from(const struct bench *b, const struct bench_run *th,
 		    dt.speedup);
 		return;
 	}
+	if (pr->wall < th->wall * 0.9 && !steady) {
+		*mode = "process";
+		snprintf(buf, len, "process mode: %s (CPU/wall %.2f sequential) and "
+		    "process mode was %.2fx as fast as thread mode (%.2fx against "
+		    "%.2fx over sequential), with its isolation (a crash fails one "
+		    "task, a runaway task is killed), for %s", kind, *ratio,
+		    th->wall / pr->wall, dp.speedup, dt.speedup, m1);
+		return;
+	}
 	if (pr->wall < th->wall * 0.9) {
 		*mode = "process";
 		snprintf(buf, len, "process mode: %s (CPU/wall %.2f sequential) and "
@@ -1014,26 +1080,33 @@ bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
 	const struct bench_run *tw = &b->runs[BENCH_THREAD_WARM];
 	const struct bench_run *pw = &b->runs[BENCH_PROCESS_WARM];
 	bool warm = b->nruns > BENCH_COLD_RUNS && tw->complete && pw->complete;
+	char speed[512];
+	bool steady = bench_speed_varied(b, speed, sizeof speed) != 1;
 	struct bench_derived dt, dp;
 	size_t used;
 
 	if (warm && b->job->prestart) {
-		bench_advise_from(b, tw, pw, buf, len, mode, workload, ratio);
+		bench_advise_from(b, tw, pw, steady, buf, len, mode, workload, ratio);
 		used = strlen(buf);
 		snprintf(buf + used, len - used, "; from the warm runs, as every "
 		    "run of this job (prestart) finds its pool");
-		return;
+	} else {
+		bench_advise_from(b, &b->runs[BENCH_THREAD], &b->runs[BENCH_PROCESS],
+		    steady, buf, len, mode, workload, ratio);
+		if (warm && strcmp(*mode, "none") != 0) {
+			bench_derive(b, tw, &dt);
+			bench_derive(b, pw, &dp);
+			used = strlen(buf);
+			snprintf(buf + used, len - used, "; on warm pools, as the "
+			    "daemon's later runs: %.2fx in thread mode, %.2fx in "
+			    "process mode", dt.speedup, dp.speedup);
+		}
 	}
-	bench_advise_from(b, &b->runs[BENCH_THREAD], &b->runs[BENCH_PROCESS], buf,
-	    len, mode, workload, ratio);
-	if (!warm || strcmp(*mode, "none") == 0)
-		return;
-	bench_derive(b, tw, &dt);
-	bench_derive(b, pw, &dp);
-	used = strlen(buf);
-	snprintf(buf + used, len - used, "; on warm pools, as the daemon's later "
-	    "runs: %.2fx in thread mode, %.2fx in process mode",
-	    dt.speedup, dp.speedup);
+	if (!steady) {
+		used = strlen(buf);
+		snprintf(buf + used, len - used, "; but the CPUs' speed varied from "
+		    "run to run (see the note): measure again before relying on it");
+	}
 }
 
 static void
@@ -1063,7 +1136,7 @@ static void
 bench_print_table(const struct bench *b)
 {
 	const struct jr_plugin *pl = loader_descriptor(b->job->plugin);
-	char advice[1024], c[9][32];
+	char advice[1024], speed[512], c[9][32];
 	const char *mode, *workload;
 	double ratio;
 	/* Wide enough for "process, warm" only when there is one. */
@@ -1122,6 +1195,8 @@ bench_print_table(const struct bench *b)
 		printf("note: other load: the sequential run waited %s for a CPU; "
 		    "the advice leaves that out of its CPU/wall\n",
 		    bench_fmt_time(b->runs[BENCH_SEQ].rq_wait, c[0], sizeof c[0]));
+	if (bench_speed_varied(b, speed, sizeof speed) == 1)
+		printf("note: %s\n", speed);
 	for (int k = 0; k < b->nruns; k++)
 		bench_print_failures(b, &b->runs[k]);
 	bench_advise(b, advice, sizeof advice, &mode, &workload, &ratio);
@@ -1200,10 +1275,11 @@ static void
 bench_print_json(const struct bench *b)
 {
 	const struct jr_plugin *pl = loader_descriptor(b->job->plugin);
-	char advice[1024];
+	char advice[1024], speed[512];
 	const char *mode, *workload;
 	double ratio;
 	size_t failed = 0;
+	int varied = bench_speed_varied(b, speed, sizeof speed);
 
 	bench_advise(b, advice, sizeof advice, &mode, &workload, &ratio);
 	printf("{");
@@ -1240,6 +1316,7 @@ bench_print_json(const struct bench *b)
 		bench_json_num("startup_s", d.startup, true);
 		bench_json_num("overhead_per_task_s", d.overhead, true);
 		bench_json_num("task_wall_sum_s", r->task_wall, true);
+		bench_json_num("task_cpu_sum_s", r->task_cpu, true);
 		bench_json_num("cpu_wait_s", r->rq_wait >= 0 ? r->rq_wait : NAN, true);
 		bench_json_kib("peak_rss_kib", r->ran ? d.peak : -1, true);
 		bench_json_kib("workers_peak_rss_kib", r->ran ? d.workers_peak : -1, true);
@@ -1263,7 +1340,12 @@ bench_print_json(const struct bench *b)
 		bench_json_str("note", r->note[0] ? r->note : NULL, false);
 		printf("}");
 	}
-	printf("],\"failed\":%zu,\"recommendation\":{", failed);
+	printf("],\"failed\":%zu,", failed);
+	/* null: work that bench_speed_varied cannot judge */
+	printf("\"cpu_speed_varied\":%s,", varied < 0 ? "null" :
+	    varied ? "true" : "false");
+	bench_json_str("cpu_speed_note", varied == 1 ? speed : NULL, true);
+	printf("\"recommendation\":{");
 	bench_json_str("mode", mode, true);
 	bench_json_str("workload", workload, true);
 	bench_json_num("cpu_per_wall", ratio, true);

@@ -185,6 +185,39 @@ def test_failed_tasks(tap, env):
     no_workers_left(tap, "bad")
 
 
+def test_cpu_speed_varied(tap, env):
+    """CPU-bound tasks whose CPU time differs between runs ran on CPUs of
+    another speed (here: the test plugin spins three times as long in a
+    worker process): --bench says so, and hedges its advice."""
+    cfg = env.config(",\n".join([
+        job("burn", "crash", "process", 2, ['"burnslow:30"'] * 4),
+        job("slow", "sleep", "thread", 2, ['"0.25"'] * 4)]), name="speed.conf")
+    rc, out, err = bench(cfg, "burn")
+    tap.eq(rc, 0, "--bench exits 0")
+    note = [l for l in out.splitlines() if "did not run at one speed" in l]
+    tap.ok(len(note) == 1 and note[0].startswith("note: the same tasks took ") and
+           "in process mode" in note[0],
+           "a note says the CPUs did not run at one speed, with what each "
+           "run took", out)
+    rec = [l for l in out.splitlines() if l.startswith("recommendation: ")]
+    tap.ok(rec and rec[0].endswith("measure again before relying on it"),
+           "the recommendation is hedged", rec)
+    rc, out, err = bench(cfg, "burn", "--json")
+    doc = json.loads(out)
+    cpu = [r.get("task_cpu_sum_s") or 0 for r in doc["runs"]]
+    tap.ok(doc.get("cpu_speed_varied") is True and
+           "did not run at one speed" in (doc.get("cpu_speed_note") or ""),
+           "--json: cpu_speed_varied and its note", doc.get("cpu_speed_note"))
+    tap.ok(len(cpu) == 3 and cpu[2] > 2 * cpu[0] and cpu[0] > 0.1,
+           "--json: each run's task CPU (process mode's about 3x)", cpu)
+    rc, out, err = bench(cfg, "slow", "--json")
+    doc = json.loads(out)
+    tap.ok(rc == 0 and doc.get("cpu_speed_varied", False) is None and
+           doc.get("cpu_speed_note", False) is None,
+           "tasks that mostly wait are not judged (null)", doc.get("cpu_speed_varied"))
+    no_workers_left(tap, "burn")
+
+
 def test_warm_json(tap, env):
     rc, out, err = bench(config(env), "sq", "--warm", "--json")
     tap.eq(rc, 0, "--bench --warm --json exits 0")
@@ -325,5 +358,5 @@ def test_warm_signal(tap, env):
 
 
 main([test_table, test_json, test_usage_errors, test_not_thread_safe,
-      test_failed_tasks, test_warm_json, test_warm_table, test_prestart_implies_warm,
-      test_warm_signal])
+      test_failed_tasks, test_cpu_speed_varied, test_warm_json, test_warm_table,
+      test_prestart_implies_warm, test_warm_signal])

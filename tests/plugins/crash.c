@@ -13,7 +13,10 @@
  * "bg:MARK" a direct child in the worker's group; "leak:N" keeps N MiB
  * touched; "spew:N" writes N bytes to stdout without a newline; "uring"
  * (whether an io_uring is mapped), "fds", "cwd", "id", "pid", "env:NAME"
- * and "rlimit:NAME" report what the worker process has.  For the fault
+ * and "rlimit:NAME" report what the worker process has.  For --bench:
+ * "burnslow:MS" spins for MS ms of the thread's CPU time, three times as
+ * long in a worker process (JOBRUND_WORKER set), as if the CPUs ran at a
+ * third of their speed in process mode.  For the fault
  * catalogue: "forkbomb" forks until fork fails, every child forking too,
  * then reports how many children the worker made and why it stopped (the
  * children wait to be killed); it refuses to start unless RLIMIT_NPROC
@@ -310,6 +313,20 @@ scribble(const struct jr_host *host, jr_task *task, const char *how)
 	return host->task_output(task, how, strlen(how)) == 0 ? 0 : EFBIG;
 }
 
+/* Spin until the calling thread has used MS ms of CPU. */
+static void
+burn_ms(long ms)
+{
+	struct timespec ts;
+	double until;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	until = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + (double)ms / 1e3;
+	do
+		clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	while ((double)ts.tv_sec + (double)ts.tv_nsec / 1e9 < until);
+}
+
 static int
 crash_run(const struct jr_host *host, void *state, jr_task *task)
 {
@@ -381,6 +398,8 @@ crash_run(const struct jr_host *host, void *state, jr_task *task)
 		}
 		snprintf(msg, sizeof msg, "%d", count_fds());
 		return host->task_output(task, msg, strlen(msg)) == 0 ? 0 : EFBIG;
+	} else if (strncmp(in, "burnslow:", 9) == 0) {
+		burn_ms(atol(in + 9) * (getenv("JOBRUND_WORKER") ? 3 : 1));
 	} else if (strcmp(in, "spin") == 0) {
 		volatile unsigned long n = 0;
 
