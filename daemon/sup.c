@@ -1657,29 +1657,52 @@ spawn_finish(struct sup_pool *sp, struct spawn *s, pid_t pid, int pidfd, bool fo
 		  forked ? "forked by the worker factory" : "exec'd");
 }
 
+/* Exec worker S of SP (posix_spawn): 0, or -1 with errno (S discarded). */
+static int
+spawn_execd(struct sup_pool *sp, struct spawn *s)
+{
+	int fds[3], pidfd;
+	pid_t pid;
+
+	spawn_fds(s, fds);
+	if (exec_worker(sp, s->envp, fds, &pid, &pidfd) == -1) {
+		spawn_discard(s);
+		return -1;
+	}
+	spawn_finish(sp, s, pid, pidfd, false);
+	return 0;
+}
+
 /* Start up to N workers for SP, forked by the worker factory (factory.c)
  * when it can, else exec'd: how many started; *ERR the errno of the
  * first that could not (0: none failed; more may be started then).
  *
  * All are asked of the factory before the first answer is read: it forks
  * one while the daemon prepares the next and greets the one before, so a
- * cold pool's workers start together rather than one after the other. */
+ * cold pool's workers start together rather than one after the other.
+ * One descriptor is kept spare while they are prepared: the first answer
+ * needs one for its pidfd, and each worker started frees more. */
 static int
 spawn_workers(struct sup_pool *sp, int n, int *err)
 {
 	struct spawn s[FACTORY_PIPELINE];
-	int asked = 0, started = 0;
+	int asked = 0, started = 0, spare;
 
 	*err = 0;
 	if (n > FACTORY_PIPELINE)
 		n = FACTORY_PIPELINE;
-	for (; asked < n; asked++) {
+	spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (spare == -1 && (errno == EMFILE || errno == ENFILE)) {
+		*err = errno;
+		return 0;
+	}
+	while (asked < n) {
 		int fds[3], rc;
 
 		if (spawn_prepare(sp, &s[asked]) == -1) {
 			/* Short of descriptors with some in hand: those
 			 * first; the caller's next round tries again. */
-			if (asked == 0)
+			if (asked == 0 && started == 0)
 				*err = errno;
 			break;
 		}
@@ -1689,33 +1712,44 @@ spawn_workers(struct sup_pool *sp, int n, int *err)
 			spawn_discard(&s[asked]);
 			break;
 		}
-		s[asked].asked = rc == 0;
+		if (rc == 0) {
+			s[asked++].asked = true;
+		} else if (spawn_execd(sp, &s[asked]) == 0) {
+			/* The factory cannot fork this one: nothing to
+			 * gain from waiting, and its descriptors go now. */
+			started++;
+			n--;
+		} else {
+			*err = errno;
+			break;
+		}
 	}
+	if (spare != -1)
+		close(spare);
 	for (int i = 0; i < asked; i++) {
 		struct spawn *one = &s[i];
-		int fds[3], pidfd, rc = FACTORY_UNAVAILABLE;
+		int rc, pidfd;
 		pid_t pid;
 
-		if (one->asked)
-			rc = factory_answer(one->seq, &pid, &pidfd);
+		rc = factory_answer(one->seq, &pid, &pidfd);
+		if (rc == 0) {
+			spawn_finish(sp, one, pid, pidfd, true);
+			started++;
+			continue;
+		}
 		if (rc == FACTORY_LOST) {
 			/* What it may have forked holds these: exec the
 			 * worker with new ones. */
 			spawn_discard(one);
-			rc = spawn_prepare(sp, one) == 0 ? FACTORY_UNAVAILABLE : -1;
-		}
-		if (rc == FACTORY_UNAVAILABLE) {
-			spawn_fds(one, fds);
-			rc = exec_worker(sp, one->envp, fds, &pid, &pidfd);
-		}
-		if (rc == 0) {
-			spawn_finish(sp, one, pid, pidfd, one->asked);
-			started++;
+			if (spawn_prepare(sp, one) == 0 && spawn_execd(sp, one) == 0) {
+				started++;
+				continue;
+			}
 		} else {
-			if (*err == 0)
-				*err = errno;
 			spawn_discard(one);
 		}
+		if (*err == 0)
+			*err = errno;
 	}
 	return started;
 }

@@ -15,7 +15,7 @@ import signal
 import stat
 import time
 
-from jrtest import (BUILDDIR, Daemon, FACTORY_TITLE, children_of, cmdline, factory_of,
+from jrtest import (BUILDDIR, JOBRUND, Daemon, FACTORY_TITLE, children_of, cmdline, factory_of,
                     main, run, wait_for, workers_of)
 
 JOBRUNCTL = os.path.join(BUILDDIR, "jobrunctl")
@@ -378,6 +378,23 @@ def test_factory_stops_mid_batch(tap, env):
     tap.eq(d.wait_exit(), 0, "clean exit")
 
 
+def test_batch_within_descriptor_limit(tap, env):
+    """A cold pool's batch of requests must leave a descriptor for the
+    first answer's pidfd: under a limit that 16 workers fit in, none is
+    forked in vain and no shortage is claimed, whatever the limit."""
+    cfg = config(env, pool_job("fds", 16))
+    warned = []
+    for limit in range(80, 96):
+        rc, out, err = run(["prlimit", "--nofile=%d" % limit, JOBRUND, "-c", cfg,
+                            "-e", "--once", "fds"])
+        if rc != 0 or out.count('"status":"ok"') != 16 or \
+                "cannot start more workers" in err:
+            warned.append((limit, rc, [l for l in err.splitlines()
+                                       if "cannot" in l or "adopted" in l][:3]))
+    tap.eq(warned, [], "16 workers under RLIMIT_NOFILE 80-95: no shortage, "
+           "every task ok")
+
+
 def test_daemon_killed(tap, env):
     cfg = config(env, job("orphans", ('"hang"', '"hang"')))
     d = start(tap, env, cfg)
@@ -394,4 +411,5 @@ def test_daemon_killed(tap, env):
 main([test_forked_workers_are_as_execd, test_factory_killed, test_reload_takes_new_limits,
       test_factory_off,
       test_only_with_process_jobs, test_environment, test_no_daemon_secrets_in_worker, test_hung_factory,
-      test_cold_pool_forked_together, test_factory_stops_mid_batch, test_daemon_killed])
+      test_cold_pool_forked_together, test_factory_stops_mid_batch,
+      test_batch_within_descriptor_limit, test_daemon_killed])
