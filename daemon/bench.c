@@ -79,9 +79,11 @@
 #define BENCH_TASKS_MAX		100000000UL	/* inputs x repeat */
 #define BENCH_PIDS_MAX		4096
 /* A run whose CPU-bound tasks took this much more or less CPU than the
- * sequential run's ran on CPUs of another speed (bench_speed_varied) */
+ * sequential run's ran on CPUs of another speed (bench_speed_check) */
 #define BENCH_SPEED_TOLERANCE	0.10
-#define BENCH_SPEED_MIN_TASK_S	1e-3		/* ...tasks this long at least */
+#define BENCH_SPEED_MIN_TASK_S	2e-3		/* ...tasks this long at least */
+#define BENCH_SPEED_BUSY	0.6		/* ...runs keeping this share of
+						   their workers busy */
 
 enum bench_kind {
 	BENCH_SEQ, BENCH_THREAD, BENCH_PROCESS,         /* always */
@@ -127,6 +129,7 @@ struct bench_run {
 					   -1 unknown */
 	double task_wall;               /* sum of the tasks' own wall */
 	double task_cpu;                /* ...and of their own CPU time */
+	double task_wall_min;           /* the shortest task's wall; -1: none */
 	size_t ndone, nfailed;
 	struct bench_fail fails[BENCH_FAILS_KEPT];
 	size_t nfails;
@@ -592,6 +595,8 @@ bench_record(struct bench_run *r, size_t index, const struct task_result *tr)
 		r->first_start = started;
 	r->task_wall += tr->wall_s;
 	r->task_cpu += tr->cpu_s;
+	if (r->task_wall_min < 0 || tr->wall_s < r->task_wall_min)
+		r->task_wall_min = tr->wall_s;
 	if (tr->status == TASK_OK)
 		return;
 	r->nfailed++;
@@ -883,59 +888,112 @@ bench_fmt_kib(long kib, char *buf, size_t len)
 	return buf;
 }
 
-/* Did the CPUs run at one speed through the runs?  The CPU time that
- * CPU-bound tasks take is their work's, whatever the mode: a run in
- * which the same tasks took more than BENCH_SPEED_TOLERANCE more or less
- * of it than sequentially ran on slower or faster CPUs (other virtual
- * machines on the host, frequency scaling, hyperthreads slowing each
- * other down), and its speed-up is off by as much.  On a virtual machine
- * this is common, and invisible in the load average.  Only where every
- * task's CPU time is read (tasks of BENCH_SPEED_MIN_TASK_S or more) and
- * every run did all tasks, none failing.  1, with what each run took
- * in BUF, when one differs; 0 when none does; -1 when this cannot be
- * told (BUF empty). */
-static int
-bench_speed_varied(const struct bench *b, char *buf, size_t len)
+/* Did the CPUs run the runs at one speed?  The CPU time CPU-bound tasks
+ * take is their work's, whatever the mode; where a parallel run's tasks
+ * took more than BENCH_SPEED_TOLERANCE more or less of it than the
+ * sequential run's:
+ *   SPEED_PARALLEL  the parallel runs alike: the cores slow each other
+ *                   down when all work (a turbo budget they share,
+ *                   hyperthreads, memory bandwidth), a real cost the
+ *                   speed-ups rightly show; or the machine's speed
+ *                   changed between the sequential run and the others;
+ *                   either way the modes compare fairly;
+ *   SPEED_VARIED    the parallel runs differ from each other too: the
+ *                   machine's speed changed from run to run (other
+ *                   guests of a virtual machine's host, frequency
+ *                   scaling), invisible in the load average, and the
+ *                   modes do not compare.
+ * A task's CPU time is the calling thread's in the sequential and thread
+ * runs, its worker process's in process mode: process runs count only
+ * when the sequential run's tasks did all their work on the calling
+ * thread (no helper threads or children); runs that did not keep their
+ * workers busy (BENCH_SPEED_BUSY: threads taking turns on a lock or an
+ * interpreter's GIL, whose hand-overs cost CPU) do not count.  Judged
+ * only where every task's CPU time is read (tasks of
+ * BENCH_SPEED_MIN_TASK_S or more: the read is up to 100 µs early,
+ * host.c), the sequential run kept its CPU busy, and no task failed;
+ * SPEED_UNKNOWN otherwise.  BUF says what each run took, and what that
+ * means. */
+enum bench_speed { SPEED_UNKNOWN = -1, SPEED_STEADY, SPEED_PARALLEL, SPEED_VARIED };
+
+static enum bench_speed
+bench_speed_check(const struct bench *b, char *buf, size_t len)
 {
 	const struct bench_run *seq = &b->runs[BENCH_SEQ];
-	double per_task;
-	int varied = 0;
+	struct bench_derived ds;
+	double per_task, lo = 0, hi = 0, busy;
+	bool own_thread, slower = false, faster = false;
+	int compared = 0;
 	size_t used;
 	char t[32];
 
 	buf[0] = '\0';
+	busy = seq->task_wall - (seq->rq_wait > 0 ? seq->rq_wait : 0);
 	if (!seq->complete || seq->ndone == 0 || seq->nfailed > 0 ||
-	    seq->task_wall / (double)seq->ndone < BENCH_SPEED_MIN_TASK_S ||
-	    seq->task_cpu < 0.8 * seq->task_wall)
-		return -1;
+	    seq->task_wall_min < BENCH_SPEED_MIN_TASK_S ||
+	    seq->task_cpu < 0.8 * busy)
+		return SPEED_UNKNOWN;
+	bench_derive(b, seq, &ds);
+	own_thread = ds.cpu <= seq->task_cpu * (1 + BENCH_SPEED_TOLERANCE / 2) + 1e-3;
 	per_task = seq->task_cpu / (double)seq->ndone;
 	used = (size_t)snprintf(buf, len, "the same tasks took %s of CPU "
 	    "sequentially", bench_fmt_time(seq->task_cpu, t, sizeof t));
 	for (int k = BENCH_SEQ + 1; k < b->nruns; k++) {
 		const struct bench_run *r = &b->runs[k];
+		double speed;
 
-		if (!r->complete || r->ndone != seq->ndone || r->nfailed > 0)
+		struct bench_derived d;
+		size_t used_workers;
+
+		if (!r->complete || r->ndone != seq->ndone || r->nfailed > 0 ||
+		    (r->def.mode == MODE_PROCESS && !own_thread))
 			continue;
-		double off = r->task_cpu / (double)r->ndone / per_task - 1;
-
-		if (off > BENCH_SPEED_TOLERANCE || off < -BENCH_SPEED_TOLERANCE)
-			varied = 1;
+		/* Workers that took turns (a lock, an interpreter's GIL) burn
+		 * CPU handing over: their tasks' CPU time is not the work's. */
+		bench_derive(b, r, &d);
+		used_workers = (size_t)r->workers < r->ndone ? (size_t)r->workers :
+		    r->ndone;
+		if (!(d.cpu_wall >= BENCH_SPEED_BUSY * (double)used_workers))
+			continue;
+		speed = r->task_cpu / (double)r->ndone / per_task;
+		lo = compared == 0 || speed < lo ? speed : lo;
+		hi = compared == 0 || speed > hi ? speed : hi;
+		slower |= speed > 1 + BENCH_SPEED_TOLERANCE;
+		faster |= speed < 1 - BENCH_SPEED_TOLERANCE;
+		compared++;
 		if (used < len)
 			used += (size_t)snprintf(buf + used, len - used, ", %s in %s%s",
 			    bench_fmt_time(r->task_cpu, t, sizeof t), r->name,
 			    r->warm ? "" : " mode");
 	}
+	if (compared == 0)
+		return SPEED_UNKNOWN;
+	if (hi > lo * (1 + BENCH_SPEED_TOLERANCE)) {
+		if (used < len)
+			snprintf(buf + used, len - used, ": the CPUs did not run at "
+			    "one speed from run to run (other guests of a virtual "
+			    "machine's host, frequency scaling), so the modes do not "
+			    "compare; measure again");
+		return SPEED_VARIED;
+	}
+	if (!slower && !faster)
+		return SPEED_STEADY;
 	if (used < len)
-		snprintf(buf + used, len - used, ": the CPUs did not run at one "
-		    "speed from run to run (other virtual machines on the host, "
-		    "frequency scaling, or hyperthreads slowing each other down), "
-		    "and the speed-ups are off by as much; measure again");
-	return varied;
+		snprintf(buf + used, len - used, ": the CPUs ran them %s with %d "
+		    "workers busy than with one (%s), so the speed-ups over "
+		    "sequential %s; the modes compare", slower ? "slower" : "faster",
+		    b->workers, slower ? "cores that slow each other down when all "
+		    "work: a turbo budget they share, hyperthreads, memory bandwidth; "
+		    "or a machine whose speed changed between the runs" :
+		    "a machine whose speed changed between the runs: the "
+		    "sequential run met slower CPUs",
+		    slower ? "include that" : "are too high");
+	return SPEED_PARALLEL;
 }
 
 /* The recommendation and its reason, in one line, from the thread run
  * TH and the process run PR; *MODE and *WORKLOAD get short names for the
- * JSON.  Not STEADY (bench_speed_varied): a difference between the modes
+ * JSON.  Not STEADY (bench_speed_check): a difference between the modes
  * may be the CPUs', so no cause is named for it. */
 static void
 bench_advise_from(const struct bench *b, const struct bench_run *th,
@@ -947,6 +1005,7 @@ bench_advise_from(const struct bench *b, const struct bench_run *th,
 	char t1[32], t2[32], t3[32], m1[96];
 	const char *kind;
 	double mean, cost;
+	bool threads_wait;
 	long uss;
 
 	*mode = "none";
@@ -1029,7 +1088,12 @@ bench_advise_from(const struct bench *b, const struct bench_run *th,
 		    dt.speedup);
 		return;
 	}
-	if (pr->wall < th->wall * 0.9 && !steady) {
+	/* Threads that hold each other up (a lock, a GIL) wait inside their
+	 * tasks: more wall per CPU second there than in process mode.
+	 * Without that, a faster process run names no cause. */
+	threads_wait = th->task_cpu > 0 && pr->task_cpu > 0 &&
+	    th->task_wall / th->task_cpu > 1.1 * (pr->task_wall / pr->task_cpu);
+	if (pr->wall < th->wall * 0.9 && (!steady || !threads_wait)) {
 		*mode = "process";
 		snprintf(buf, len, "process mode: %s (CPU/wall %.2f sequential) and "
 		    "process mode was %.2fx as fast as thread mode (%.2fx against "
@@ -1081,7 +1145,7 @@ bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
 	const struct bench_run *pw = &b->runs[BENCH_PROCESS_WARM];
 	bool warm = b->nruns > BENCH_COLD_RUNS && tw->complete && pw->complete;
 	char speed[512];
-	bool steady = bench_speed_varied(b, speed, sizeof speed) != 1;
+	bool steady = bench_speed_check(b, speed, sizeof speed) != SPEED_VARIED;
 	struct bench_derived dt, dp;
 	size_t used;
 
@@ -1102,7 +1166,9 @@ bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
 			    "process mode", dt.speedup, dp.speedup);
 		}
 	}
-	if (!steady) {
+	/* (Not after "the bench did not finish" and the like.) */
+	if (!steady && b->ntasks > 1 && b->runs[BENCH_THREAD].complete &&
+	    b->runs[BENCH_PROCESS].complete) {
 		used = strlen(buf);
 		snprintf(buf + used, len - used, "; but the CPUs' speed varied from "
 		    "run to run (see the note): measure again before relying on it");
@@ -1195,7 +1261,7 @@ bench_print_table(const struct bench *b)
 		printf("note: other load: the sequential run waited %s for a CPU; "
 		    "the advice leaves that out of its CPU/wall\n",
 		    bench_fmt_time(b->runs[BENCH_SEQ].rq_wait, c[0], sizeof c[0]));
-	if (bench_speed_varied(b, speed, sizeof speed) == 1)
+	if (bench_speed_check(b, speed, sizeof speed) > SPEED_STEADY)
 		printf("note: %s\n", speed);
 	for (int k = 0; k < b->nruns; k++)
 		bench_print_failures(b, &b->runs[k]);
@@ -1279,7 +1345,8 @@ bench_print_json(const struct bench *b)
 	const char *mode, *workload;
 	double ratio;
 	size_t failed = 0;
-	int varied = bench_speed_varied(b, speed, sizeof speed);
+	enum bench_speed speed_seen = bench_speed_check(b, speed, sizeof speed);
+	static const char *const speed_names[] = { "steady", "parallel", "varied" };
 
 	bench_advise(b, advice, sizeof advice, &mode, &workload, &ratio);
 	printf("{");
@@ -1341,10 +1408,11 @@ bench_print_json(const struct bench *b)
 		printf("}");
 	}
 	printf("],\"failed\":%zu,", failed);
-	/* null: work that bench_speed_varied cannot judge */
-	printf("\"cpu_speed_varied\":%s,", varied < 0 ? "null" :
-	    varied ? "true" : "false");
-	bench_json_str("cpu_speed_note", varied == 1 ? speed : NULL, true);
+	/* null: work that bench_speed_check cannot judge */
+	bench_json_str("cpu_speed", speed_seen == SPEED_UNKNOWN ? NULL :
+	    speed_names[speed_seen], true);
+	bench_json_str("cpu_speed_note", speed_seen > SPEED_STEADY ? speed : NULL,
+	    true);
 	printf("\"recommendation\":{");
 	bench_json_str("mode", mode, true);
 	bench_json_str("workload", workload, true);
@@ -1474,6 +1542,7 @@ bench_main(const char *file, const char *jobname, const char *workers,
 		r->mode = modes[k];
 		r->warm = k >= BENCH_COLD_RUNS;
 		r->rq_wait = -1;
+		r->task_wall_min = -1;
 		r->def = *b.job;        /* shallow: the config owns the strings */
 		r->def.inputs = b.inputs;
 		r->def.ninputs = b.ntasks;

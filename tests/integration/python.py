@@ -282,5 +282,26 @@ def test_bad_settings(tap, env):
            "-t accepts two python jobs")
 
 
+def test_bench_sees_the_gil(tap, env):
+    """--bench on pure-Python CPU work: the threads take turns on the GIL,
+    and the advice says so; their hand-overs cost CPU, which --bench does
+    not take for CPUs of another speed."""
+    cfg = env.config(pyjob("gil", "thread", "sum_squares", ["1000000"] * 4),
+                     name="gil.conf")
+    rc, out, err = run([JOBRUND, "-c", cfg, "--bench", "gil", "--json"])
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        doc = {}
+    rec = doc.get("recommendation", {})
+    tap.ok(rc == 0 and rec.get("mode") == "process" and
+           "GIL" in rec.get("text", ""),
+           "process mode, because the threads hold each other up", (rc, rec, err))
+    tap.ok(doc.get("cpu_speed") != "varied",
+           "the thread run's turn-taking is not taken for CPUs of another "
+           "speed", doc.get("cpu_speed_note"))
+
+
 main([test_results_match_cpython, test_no_input_and_output, test_where_tasks_run,
-      test_cancel_running_python, test_cancel_on_sigint, test_bad_settings])
+      test_cancel_running_python, test_cancel_on_sigint, test_bad_settings,
+      test_bench_sees_the_gil])
