@@ -82,8 +82,8 @@
  * sequential run's ran on CPUs of another speed (bench_speed_check) */
 #define BENCH_SPEED_TOLERANCE	0.10
 #define BENCH_SPEED_MIN_TASK_S	2e-3		/* ...tasks this long at least */
-#define BENCH_SPEED_BUSY	0.6		/* ...runs keeping this share of
-						   their workers busy */
+#define BENCH_SPEED_BUSY	0.6		/* ...thread runs keeping this share
+						   of their threads busy */
 
 enum bench_kind {
 	BENCH_SEQ, BENCH_THREAD, BENCH_PROCESS,         /* always */
@@ -888,42 +888,104 @@ bench_fmt_kib(long kib, char *buf, size_t len)
 	return buf;
 }
 
+/* The thread and process runs the recommendation compares: the warm
+ * ones for a prestarted job (every run of it finds its pool), else the
+ * cold ones. */
+static void
+bench_advice_runs(const struct bench *b, const struct bench_run **th,
+    const struct bench_run **pr)
+{
+	const struct bench_run *tw = &b->runs[BENCH_THREAD_WARM];
+	const struct bench_run *pw = &b->runs[BENCH_PROCESS_WARM];
+
+	if (b->nruns > BENCH_COLD_RUNS && tw->complete && pw->complete &&
+	    b->job->prestart) {
+		*th = tw;
+		*pr = pw;
+	} else {
+		*th = &b->runs[BENCH_THREAD];
+		*pr = &b->runs[BENCH_PROCESS];
+	}
+}
+
+/* Workers R could keep busy at once: its own, at most one per task and
+ * per CPU. */
+static size_t
+bench_parallel(const struct bench *b, const struct bench_run *r)
+{
+	size_t n = (size_t)r->workers;
+
+	if (r->ndone < n)
+		n = r->ndone;
+	if (b->ncpus > 0 && (size_t)b->ncpus < n)
+		n = (size_t)b->ncpus;
+	return n;
+}
+
+/* Did the sequential run's tasks do all their work on the calling thread
+ * (no helper threads, no children)?  Then a process worker's CPU time,
+ * its whole process's, is the task's as a thread's is. */
+static bool
+bench_on_calling_thread(const struct bench *b)
+{
+	const struct bench_run *seq = &b->runs[BENCH_SEQ];
+	struct bench_derived ds;
+
+	bench_derive(b, seq, &ds);
+	return ds.cpu <= seq->task_cpu * (1 + BENCH_SPEED_TOLERANCE / 2) + 1e-3;
+}
+
+/* Does R's tasks' CPU time measure their work, to set against the
+ * sequential run's?  Not if tasks failed or are missing; not in process
+ * mode for a plugin with helper threads or children (see above); not for
+ * threads that took turns on a lock or an interpreter's GIL
+ * (BENCH_SPEED_BUSY): handing over costs CPU of its own.  (Processes have
+ * no GIL to share: one that kept few CPUs busy waited for a CPU.) */
+static bool
+bench_speed_measurable(const struct bench *b, const struct bench_run *r,
+    bool on_calling_thread)
+{
+	const struct bench_run *seq = &b->runs[BENCH_SEQ];
+	struct bench_derived d;
+	size_t n = bench_parallel(b, r);
+
+	if (!r->complete || r->ndone != seq->ndone || r->nfailed > 0)
+		return false;
+	if (r->def.mode == MODE_PROCESS)
+		return on_calling_thread;
+	bench_derive(b, r, &d);
+	return n <= 1 || d.cpu_wall >= BENCH_SPEED_BUSY * (double)n;
+}
+
 /* Did the CPUs run the runs at one speed?  The CPU time CPU-bound tasks
- * take is their work's, whatever the mode; where a parallel run's tasks
- * took more than BENCH_SPEED_TOLERANCE more or less of it than the
- * sequential run's:
- *   SPEED_PARALLEL  the parallel runs alike: the cores slow each other
- *                   down when all work (a turbo budget they share,
+ * take is their work's, whatever the mode, where bench_speed_measurable
+ * says so.  Where a run's tasks took more than BENCH_SPEED_TOLERANCE more
+ * or less of it than the sequential run's:
+ *   SPEED_PARALLEL  runs of several workers, alike: the cores slow each
+ *                   other down when all work (a turbo budget they share,
  *                   hyperthreads, memory bandwidth), a real cost the
  *                   speed-ups rightly show; or the machine's speed
  *                   changed between the sequential run and the others;
  *                   either way the modes compare fairly;
- *   SPEED_VARIED    the parallel runs differ from each other too: the
+ *   SPEED_VARIED    those runs differ from each other too, or a run of
+ *                   one worker (nothing in parallel) is off: the
  *                   machine's speed changed from run to run (other
  *                   guests of a virtual machine's host, frequency
  *                   scaling), invisible in the load average, and the
  *                   modes do not compare.
- * A task's CPU time is the calling thread's in the sequential and thread
- * runs, its worker process's in process mode: process runs count only
- * when the sequential run's tasks did all their work on the calling
- * thread (no helper threads or children); runs that did not keep their
- * workers busy (BENCH_SPEED_BUSY: threads taking turns on a lock or an
- * interpreter's GIL, whose hand-overs cost CPU) do not count.  Judged
- * only where every task's CPU time is read (tasks of
- * BENCH_SPEED_MIN_TASK_S or more: the read is up to 100 µs early,
- * host.c), the sequential run kept its CPU busy, and no task failed;
- * SPEED_UNKNOWN otherwise.  BUF says what each run took, and what that
- * means. */
+ * SPEED_UNKNOWN unless the tasks are CPU-bound, each lasts
+ * BENCH_SPEED_MIN_TASK_S (a task's CPU clock may be read up to 100 µs
+ * early, host.c), and both runs the recommendation compares are
+ * measurable.  BUF says what each run took, and what that means. */
 enum bench_speed { SPEED_UNKNOWN = -1, SPEED_STEADY, SPEED_PARALLEL, SPEED_VARIED };
 
 static enum bench_speed
 bench_speed_check(const struct bench *b, char *buf, size_t len)
 {
-	const struct bench_run *seq = &b->runs[BENCH_SEQ];
-	struct bench_derived ds;
+	const struct bench_run *seq = &b->runs[BENCH_SEQ], *th, *pr;
 	double per_task, lo = 0, hi = 0, busy;
-	bool own_thread, slower = false, faster = false;
-	int compared = 0;
+	bool own_thread, off_alone = false, slower = false, faster = false;
+	int nparallel = 0;
 	size_t used;
 	char t[32];
 
@@ -933,42 +995,40 @@ bench_speed_check(const struct bench *b, char *buf, size_t len)
 	    seq->task_wall_min < BENCH_SPEED_MIN_TASK_S ||
 	    seq->task_cpu < 0.8 * busy)
 		return SPEED_UNKNOWN;
-	bench_derive(b, seq, &ds);
-	own_thread = ds.cpu <= seq->task_cpu * (1 + BENCH_SPEED_TOLERANCE / 2) + 1e-3;
+	own_thread = bench_on_calling_thread(b);
+	bench_advice_runs(b, &th, &pr);
+	if (!bench_speed_measurable(b, th, own_thread) ||
+	    !bench_speed_measurable(b, pr, own_thread))
+		return SPEED_UNKNOWN;
 	per_task = seq->task_cpu / (double)seq->ndone;
 	used = (size_t)snprintf(buf, len, "the same tasks took %s of CPU "
 	    "sequentially", bench_fmt_time(seq->task_cpu, t, sizeof t));
 	for (int k = BENCH_SEQ + 1; k < b->nruns; k++) {
 		const struct bench_run *r = &b->runs[k];
 		double speed;
+		bool off;
 
-		struct bench_derived d;
-		size_t used_workers;
-
-		if (!r->complete || r->ndone != seq->ndone || r->nfailed > 0 ||
-		    (r->def.mode == MODE_PROCESS && !own_thread))
-			continue;
-		/* Workers that took turns (a lock, an interpreter's GIL) burn
-		 * CPU handing over: their tasks' CPU time is not the work's. */
-		bench_derive(b, r, &d);
-		used_workers = (size_t)r->workers < r->ndone ? (size_t)r->workers :
-		    r->ndone;
-		if (!(d.cpu_wall >= BENCH_SPEED_BUSY * (double)used_workers))
+		if (!bench_speed_measurable(b, r, own_thread))
 			continue;
 		speed = r->task_cpu / (double)r->ndone / per_task;
-		lo = compared == 0 || speed < lo ? speed : lo;
-		hi = compared == 0 || speed > hi ? speed : hi;
-		slower |= speed > 1 + BENCH_SPEED_TOLERANCE;
-		faster |= speed < 1 - BENCH_SPEED_TOLERANCE;
-		compared++;
+		off = speed > 1 + BENCH_SPEED_TOLERANCE ||
+		    speed < 1 - BENCH_SPEED_TOLERANCE;
+		if (bench_parallel(b, r) <= 1) {
+			off_alone |= off;
+		} else {
+			lo = nparallel == 0 || speed < lo ? speed : lo;
+			hi = nparallel == 0 || speed > hi ? speed : hi;
+			slower |= speed > 1 + BENCH_SPEED_TOLERANCE;
+			faster |= speed < 1 - BENCH_SPEED_TOLERANCE;
+			nparallel++;
+		}
 		if (used < len)
-			used += (size_t)snprintf(buf + used, len - used, ", %s in %s%s",
-			    bench_fmt_time(r->task_cpu, t, sizeof t), r->name,
-			    r->warm ? "" : " mode");
+			used += (size_t)snprintf(buf + used, len - used, ", %s in %s%s%s",
+			    bench_fmt_time(r->task_cpu, t, sizeof t),
+			    r->warm ? "the warm " : "", r->mode,
+			    r->warm ? " run" : " mode");
 	}
-	if (compared == 0)
-		return SPEED_UNKNOWN;
-	if (hi > lo * (1 + BENCH_SPEED_TOLERANCE)) {
+	if (off_alone || ((slower || faster) && hi > lo * (1 + BENCH_SPEED_TOLERANCE))) {
 		if (used < len)
 			snprintf(buf + used, len - used, ": the CPUs did not run at "
 			    "one speed from run to run (other guests of a virtual "
@@ -979,10 +1039,10 @@ bench_speed_check(const struct bench *b, char *buf, size_t len)
 	if (!slower && !faster)
 		return SPEED_STEADY;
 	if (used < len)
-		snprintf(buf + used, len - used, ": the CPUs ran them %s with %d "
-		    "workers busy than with one (%s), so the speed-ups over "
+		snprintf(buf + used, len - used, ": the CPUs ran them %s with "
+		    "several workers busy than with one (%s), so the speed-ups over "
 		    "sequential %s; the modes compare", slower ? "slower" : "faster",
-		    b->workers, slower ? "cores that slow each other down when all "
+		    slower ? "cores that slow each other down when all "
 		    "work: a turbo budget they share, hyperthreads, memory bandwidth; "
 		    "or a machine whose speed changed between the runs" :
 		    "a machine whose speed changed between the runs: the "
@@ -1089,9 +1149,11 @@ bench_advise_from(const struct bench *b, const struct bench_run *th,
 		return;
 	}
 	/* Threads that hold each other up (a lock, a GIL) wait inside their
-	 * tasks: more wall per CPU second there than in process mode.
-	 * Without that, a faster process run names no cause. */
-	threads_wait = th->task_cpu > 0 && pr->task_cpu > 0 &&
+	 * CPU-bound tasks: more wall per CPU second there than in process
+	 * mode (comparable only for work on the calling thread).  Without
+	 * that, a faster process run names no cause. */
+	threads_wait = *ratio >= 0.8 && bench_on_calling_thread(b) &&
+	    th->task_cpu > 0 && pr->task_cpu > 0 &&
 	    th->task_wall / th->task_cpu > 1.1 * (pr->task_wall / pr->task_cpu);
 	if (pr->wall < th->wall * 0.9 && (!steady || !threads_wait)) {
 		*mode = "process";
@@ -1166,9 +1228,8 @@ bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
 			    "process mode", dt.speedup, dp.speedup);
 		}
 	}
-	/* (Not after "the bench did not finish" and the like.) */
-	if (!steady && b->ntasks > 1 && b->runs[BENCH_THREAD].complete &&
-	    b->runs[BENCH_PROCESS].complete) {
+	/* (Not after a "none", which says why already.) */
+	if (!steady && strcmp(*mode, "none") != 0) {
 		used = strlen(buf);
 		snprintf(buf + used, len - used, "; but the CPUs' speed varied from "
 		    "run to run (see the note): measure again before relying on it");

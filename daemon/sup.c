@@ -1478,7 +1478,6 @@ struct spawn {
 	void *shm;
 	unsigned long seq;
 	char **envp;
-	bool asked;                     /* the factory has the request */
 };
 
 /* Close and free what spawn_prepare made for a worker not started;
@@ -1512,7 +1511,6 @@ spawn_prepare(struct sup_pool *sp, struct spawn *s)
 	s->sv[0] = s->sv[1] = s->outp[0] = s->outp[1] = s->memfd = -1;
 	s->shm = MAP_FAILED;
 	s->envp = NULL;
-	s->asked = false;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s->sv) == -1 ||
 	    pipe2(s->outp, O_CLOEXEC) == -1 ||
 	    /* The block shared with the worker (struct proto_shm). */
@@ -1713,10 +1711,16 @@ spawn_workers(struct sup_pool *sp, int n, int *err)
 			break;
 		}
 		if (rc == 0) {
-			s[asked++].asked = true;
-		} else if (spawn_execd(sp, &s[asked]) == 0) {
-			/* The factory cannot fork this one: nothing to
-			 * gain from waiting, and its descriptors go now. */
+			asked++;
+			continue;
+		}
+		/* The factory cannot fork this one: exec it now, its
+		 * pidfd taking the spare's place. */
+		if (spare != -1) {
+			close(spare);
+			spare = -1;
+		}
+		if (spawn_execd(sp, &s[asked]) == 0) {
 			started++;
 			n--;
 		} else {

@@ -16,9 +16,7 @@
  * and "rlimit:NAME" report what the worker process has.  For --bench:
  * "burnslow:MS" spins for MS ms of the thread's CPU time, three times as
  * long in a worker process (JOBRUND_WORKER set), as if the CPUs ran at a
- * third of their speed in process mode; "burnpar:MS" twice as long
- * anywhere but on jobrund's main thread (its sequential run), as if the
- * cores slowed each other down.  For the fault
+ * third of their speed in process mode.  For the fault
  * catalogue: "forkbomb" forks until fork fails, every child forking too,
  * then reports how many children the worker made and why it stopped (the
  * children wait to be killed); it refuses to start unless RLIMIT_NPROC
@@ -402,10 +400,6 @@ crash_run(const struct jr_host *host, void *state, jr_task *task)
 		return host->task_output(task, msg, strlen(msg)) == 0 ? 0 : EFBIG;
 	} else if (strncmp(in, "burnslow:", 9) == 0) {
 		burn_ms(atol(in + 9) * (getenv("JOBRUND_WORKER") ? 3 : 1));
-	} else if (strncmp(in, "burnpar:", 8) == 0) {
-		bool sequential = gettid() == getpid() && !getenv("JOBRUND_WORKER");
-
-		burn_ms(atol(in + 8) * (sequential ? 1 : 2));
 	} else if (strcmp(in, "spin") == 0) {
 		volatile unsigned long n = 0;
 
