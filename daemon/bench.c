@@ -1084,6 +1084,16 @@ bench_advise_from(const struct bench *b, const struct bench_run *th,
 		snprintf(buf, len, "none: the bench did not finish");
 		return;
 	}
+	if (th->nfailed != seq->nfailed || pr->nfailed != seq->nfailed) {
+		/* Failing fast is not running fast (a worker that cannot
+		 * start fails every task at once).  Inputs that fail in
+		 * every mode alike leave the comparison fair. */
+		snprintf(buf, len, "none: tasks failed in one mode and not in "
+		    "another (%zu sequentially, %zu in thread mode, %zu in process "
+		    "mode; see above), so the modes' figures do not compare",
+		    seq->nfailed, th->nfailed, pr->nfailed);
+		return;
+	}
 	if (*ratio >= 0.8) {
 		*workload = "cpu-bound";
 		kind = "CPU-bound";

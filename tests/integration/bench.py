@@ -8,6 +8,7 @@ there, complete, and says what it measured.
 """
 
 import json
+import os
 import signal
 import subprocess
 
@@ -183,6 +184,15 @@ def test_failed_tasks(tap, env):
                "abc" in f["error"] for f in fails),
            "--json lists the failures", fails)
     no_workers_left(tap, "bad")
+    # Failing in one mode only (no worker can start) is not running fast.
+    rc, out, err = run([JOBRUND, "-c", cfg, "--bench", "sq", "--json"],
+                       env=dict(os.environ, JOBRUND_WORKER_PATH="/nonexistent"))
+    doc = json.loads(out)
+    rec = doc.get("recommendation", {})
+    tap.ok(rc == 3 and [r["failed"] for r in doc["runs"]] == [0, 0, 10] and
+           rec.get("mode") == "none" and
+           "failed in one mode and not in another" in rec.get("text", ""),
+           "tasks failing in process mode only: no recommendation, and why", rec)
 
 
 def test_cpu_speed(tap, env):
