@@ -1782,25 +1782,38 @@ hold_prestart(struct sup_pool *sp, const char *why)
 	sp->held_said = true;
 }
 
-/* Has the daemon descriptors to spare for one more idle worker, and
- * PRESTART_FD_RESERVE more for its work (clients, timers, runs)? */
-static bool
-fds_to_spare(void)
+/* How many more idle workers, up to N, has the daemon descriptors to
+ * spare for, keeping PRESTART_FD_RESERVE for its work (clients, timers,
+ * runs)?  While a batch starts, each worker holds 5 (spawn_prepare), not
+ * DAEMON_FDS_PER_WORKER: room for that too. */
+static int
+fds_to_spare(int n)
 {
 	struct rlimit rl;
-	rlim_t open = 0;
+	rlim_t open = 0, room;
 	DIR *dir;
+	int k;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
-		return false;
+		return 0;
 	if (rl.rlim_cur == RLIM_INFINITY)
-		return true;
+		return n;
 	if ((dir = opendir("/proc/self/fd")) == NULL)
-		return false;
+		return 0;
 	while (readdir(dir) != NULL)
 		open++;                 /* ".", ".." and DIR's own: a margin */
 	closedir(dir);
-	return open + DAEMON_FDS_PER_WORKER + PRESTART_FD_RESERVE <= rl.rlim_cur;
+	if (open + PRESTART_FD_RESERVE >= rl.rlim_cur)
+		return 0;
+	room = rl.rlim_cur - open - PRESTART_FD_RESERVE;
+	for (k = 0; k < n; k++) {
+		rlim_t kept = (rlim_t)(k + 1) * DAEMON_FDS_PER_WORKER;
+		rlim_t starting = (rlim_t)(k + 1) * 5 + 1;
+
+		if (kept > room || starting > rl.rlim_cur - open)
+			break;
+	}
+	return k;
 }
 
 static void
@@ -1974,15 +1987,13 @@ spawn_more(struct sup_pool *sp)
 		}
 		want = sp->def->workers - serving;
 		if (sp->nqueued == 0) {
-			/* Only prestart wants these: one at a time, not at the
-			 * cost of the descriptors the daemon needs for its
-			 * work. */
-			if (!fds_to_spare()) {
+			/* Only prestart wants these: not at the cost of the
+			 * descriptors the daemon needs for its work. */
+			if ((want = fds_to_spare(want)) == 0) {
 				hold_prestart(sp, "too few descriptors left "
 					      "(RLIMIT_NOFILE) for another idle worker");
 				return;
 			}
-			want = 1;
 		} else if (!keep_full(sp) && sp->nqueued - (size_t)starting < (size_t)want) {
 			want = (int)(sp->nqueued - (size_t)starting);
 		}
