@@ -104,6 +104,8 @@ extern char **environ;
 					   was not in a kill loop */
 #define PRESTART_FD_RESERVE 64          /* descriptors prestarting leaves free */
 #define DAEMON_FDS_PER_WORKER 3         /* socket, pipe, pidfd */
+#define SPAWN_FDS_PER_WORKER 5          /* while it starts: both ends of
+					   the socket and pipe, its memfd */
 #define SOCKET_LOST_GRACE 1.0           /* a dying worker's socket closes
 					   a moment before its exit shows */
 #define BATCH_MAX 1024                  /* tasks in one TASKS frame */
@@ -1784,8 +1786,8 @@ hold_prestart(struct sup_pool *sp, const char *why)
 
 /* How many more idle workers, up to N, has the daemon descriptors to
  * spare for, keeping PRESTART_FD_RESERVE for its work (clients, timers,
- * runs)?  While a batch starts, each worker holds 5 (spawn_prepare), not
- * DAEMON_FDS_PER_WORKER: room for that too. */
+ * runs)?  While a batch starts, each worker holds SPAWN_FDS_PER_WORKER
+ * (spawn_prepare) and the batch a spare: room for that too. */
 static int
 fds_to_spare(int n)
 {
@@ -1808,7 +1810,7 @@ fds_to_spare(int n)
 	room = rl.rlim_cur - open - PRESTART_FD_RESERVE;
 	for (k = 0; k < n; k++) {
 		rlim_t kept = (rlim_t)(k + 1) * DAEMON_FDS_PER_WORKER;
-		rlim_t starting = (rlim_t)(k + 1) * 5 + 1;
+		rlim_t starting = (rlim_t)(k + 1) * SPAWN_FDS_PER_WORKER + 1;
 
 		if (kept > room || starting > rl.rlim_cur - open)
 			break;
@@ -1989,7 +1991,8 @@ spawn_more(struct sup_pool *sp)
 		if (sp->nqueued == 0) {
 			/* Only prestart wants these: not at the cost of the
 			 * descriptors the daemon needs for its work. */
-			if ((want = fds_to_spare(want)) == 0) {
+			if ((want = fds_to_spare(want < FACTORY_PIPELINE ? want :
+						 FACTORY_PIPELINE)) == 0) {
 				hold_prestart(sp, "too few descriptors left "
 					      "(RLIMIT_NOFILE) for another idle worker");
 				return;

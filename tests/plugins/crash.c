@@ -32,9 +32,10 @@
  * next (a grant past ids it took back), then puts it back and hangs
  * (SIGTERM ends it).  Not thread-safe: it is meant for process mode.
  *
- * One setting: `die_idle_ms`, and a worker (not the daemon, which runs
+ * Two settings: `die_idle_ms`, and a worker (not the daemon, which runs
  * init only to check settings) dies of SIGSEGV that long after its init,
- * task or not: a plugin whose own thread crashes.
+ * task or not: a plugin whose own thread crashes; `init_burn_ms`, and
+ * init spins that long (CPU that is not any task's, for --bench).
  */
 #include "config.h"
 
@@ -426,18 +427,22 @@ static int
 crash_init(const struct jr_host *host, jr_job *job, void **state)
 {
 	const char *const *keys = host->setting_keys(job);
-	int64_t ms = 0;
+	int64_t ms = 0, burn = 0;
 	pthread_t th;
 
 	(void)state;
 	for (size_t i = 0; keys != NULL && keys[i] != NULL; i++)
-		if (strcmp(keys[i], "die_idle_ms") != 0) {
+		if (strcmp(keys[i], "die_idle_ms") != 0 &&
+		    strcmp(keys[i], "init_burn_ms") != 0) {
 			host->setting_error(job, keys[i], "unknown setting '%s' "
-					    "(only die_idle_ms)", keys[i]);
+					    "(only die_idle_ms, init_burn_ms)", keys[i]);
 			return EINVAL;
 		}
-	if (host->setting_int(job, "die_idle_ms", &ms) == EINVAL)
+	if (host->setting_int(job, "die_idle_ms", &ms) == EINVAL ||
+	    host->setting_int(job, "init_burn_ms", &burn) == EINVAL)
 		return EINVAL;          /* the host has said why */
+	if (burn > 0)
+		burn_ms((long)burn);
 	if (ms < 0) {
 		host->setting_error(job, "die_idle_ms", "settings.die_idle_ms is "
 				    "%lld: expected milliseconds, 0 or more", (long long)ms);
