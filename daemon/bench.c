@@ -961,8 +961,7 @@ bench_on_calling_thread(const struct bench *b)
  * (BENCH_SPEED_BUSY): handing over costs CPU of its own.  (Processes have
  * no GIL to share: one that kept few CPUs busy waited for a CPU.) */
 static bool
-bench_speed_measurable(const struct bench *b, const struct bench_run *r,
-    bool on_calling_thread)
+bench_speed_measurable(const struct bench *b, const struct bench_run *r)
 {
 	const struct bench_run *seq = &b->runs[BENCH_SEQ];
 	struct bench_derived d;
@@ -971,7 +970,7 @@ bench_speed_measurable(const struct bench *b, const struct bench_run *r,
 	if (!r->complete || r->ndone != seq->ndone || r->nfailed > 0)
 		return false;
 	if (r->def.mode == MODE_PROCESS)
-		return on_calling_thread;
+		return bench_on_calling_thread(b);
 	bench_derive(b, r, &d);
 	return n <= 1 || d.cpu_wall >= BENCH_SPEED_BUSY * (double)n;
 }
@@ -1004,7 +1003,7 @@ bench_speed_check(const struct bench *b, char *buf, size_t len)
 {
 	const struct bench_run *seq = &b->runs[BENCH_SEQ], *th, *pr;
 	double per_task, lo = 0, hi = 0, busy;
-	bool own_thread, off_alone = false, steady_alone = false;
+	bool off_alone = false, steady_alone = false;
 	bool slower = false, faster = false;
 	int nparallel = 0;
 	size_t used;
@@ -1016,10 +1015,8 @@ bench_speed_check(const struct bench *b, char *buf, size_t len)
 	    seq->task_wall_min < BENCH_SPEED_MIN_TASK_S ||
 	    seq->task_cpu < 0.8 * busy)
 		return SPEED_UNKNOWN;
-	own_thread = bench_on_calling_thread(b);
 	bench_advice_runs(b, &th, &pr);
-	if (!bench_speed_measurable(b, th, own_thread) ||
-	    !bench_speed_measurable(b, pr, own_thread))
+	if (!bench_speed_measurable(b, th) || !bench_speed_measurable(b, pr))
 		return SPEED_UNKNOWN;
 	per_task = seq->task_cpu / (double)seq->ndone;
 	used = (size_t)snprintf(buf, len, "the same tasks took %s of CPU "
@@ -1029,7 +1026,7 @@ bench_speed_check(const struct bench *b, char *buf, size_t len)
 		double speed;
 		bool off;
 
-		if (!bench_speed_measurable(b, r, own_thread))
+		if (!bench_speed_measurable(b, r))
 			continue;
 		speed = r->task_cpu / (double)r->ndone / per_task;
 		off = speed > 1 + BENCH_SPEED_TOLERANCE ||
@@ -1249,29 +1246,27 @@ bench_advise(const struct bench *b, char *buf, size_t len, const char **mode,
 {
 	const struct bench_run *tw = &b->runs[BENCH_THREAD_WARM];
 	const struct bench_run *pw = &b->runs[BENCH_PROCESS_WARM];
+	const struct bench_run *th, *pr;
 	bool warm = b->nruns > BENCH_COLD_RUNS && tw->complete && pw->complete;
 	char speed[512];
 	bool steady = bench_speed_check(b, speed, sizeof speed) != SPEED_VARIED;
 	struct bench_derived dt, dp;
 	size_t used;
 
-	if (warm && b->job->prestart) {
-		bench_advise_from(b, tw, pw, steady, buf, len, mode, workload, ratio);
+	bench_advice_runs(b, &th, &pr);
+	bench_advise_from(b, th, pr, steady, buf, len, mode, workload, ratio);
+	if (th->warm) {
 		used = strlen(buf);
 		snprintf(buf + used, len - used, "; from the warm runs, as every "
 		    "run of this job (prestart) finds its pool");
-	} else {
-		bench_advise_from(b, &b->runs[BENCH_THREAD], &b->runs[BENCH_PROCESS],
-		    steady, buf, len, mode, workload, ratio);
-		if (warm && strcmp(*mode, "none") != 0 &&
-		    bench_failed_alike(b, tw) && bench_failed_alike(b, pw)) {
-			bench_derive(b, tw, &dt);
-			bench_derive(b, pw, &dp);
-			used = strlen(buf);
-			snprintf(buf + used, len - used, "; on warm pools, as the "
-			    "daemon's later runs: %.2fx in thread mode, %.2fx in "
-			    "process mode", dt.speedup, dp.speedup);
-		}
+	} else if (warm && strcmp(*mode, "none") != 0 &&
+	    bench_failed_alike(b, tw) && bench_failed_alike(b, pw)) {
+		bench_derive(b, tw, &dt);
+		bench_derive(b, pw, &dp);
+		used = strlen(buf);
+		snprintf(buf + used, len - used, "; on warm pools, as the "
+		    "daemon's later runs: %.2fx in thread mode, %.2fx in "
+		    "process mode", dt.speedup, dp.speedup);
 	}
 	/* (Not after a "none", which says why already.) */
 	if (!steady && strcmp(*mode, "none") != 0) {

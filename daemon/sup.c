@@ -104,8 +104,6 @@ extern char **environ;
 					   was not in a kill loop */
 #define PRESTART_FD_RESERVE 64          /* descriptors prestarting leaves free */
 #define DAEMON_FDS_PER_WORKER 3         /* socket, pipe, pidfd */
-#define SPAWN_FDS_PER_WORKER 5          /* while it starts: both ends of
-					   the socket and pipe, its memfd */
 #define SOCKET_LOST_GRACE 1.0           /* a dying worker's socket closes
 					   a moment before its exit shows */
 #define BATCH_MAX 1024                  /* tasks in one TASKS frame */
@@ -1482,6 +1480,15 @@ struct spawn {
 	char **envp;
 };
 
+/* S holds nothing. */
+static void
+spawn_clear(struct spawn *s)
+{
+	s->sv[0] = s->sv[1] = s->outp[0] = s->outp[1] = s->memfd = -1;
+	s->shm = MAP_FAILED;
+	s->envp = NULL;
+}
+
 /* Close and free what spawn_prepare made for a worker not started;
  * errno kept. */
 static void
@@ -1500,9 +1507,7 @@ spawn_discard(struct spawn *s)
 			close(s->outp[i]);
 	}
 	strv_free(s->envp);
-	memset(s, 0, sizeof *s);
-	s->sv[0] = s->sv[1] = s->outp[0] = s->outp[1] = s->memfd = -1;
-	s->shm = MAP_FAILED;
+	spawn_clear(s);
 	errno = err;
 }
 
@@ -1510,9 +1515,7 @@ spawn_discard(struct spawn *s)
 static int
 spawn_prepare(struct sup_pool *sp, struct spawn *s)
 {
-	s->sv[0] = s->sv[1] = s->outp[0] = s->outp[1] = s->memfd = -1;
-	s->shm = MAP_FAILED;
-	s->envp = NULL;
+	spawn_clear(s);
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s->sv) == -1 ||
 	    pipe2(s->outp, O_CLOEXEC) == -1 ||
 	    /* The block shared with the worker (struct proto_shm). */
@@ -1786,15 +1789,14 @@ hold_prestart(struct sup_pool *sp, const char *why)
 
 /* How many more idle workers, up to N, has the daemon descriptors to
  * spare for, keeping PRESTART_FD_RESERVE for its work (clients, timers,
- * runs)?  While a batch starts, each worker holds SPAWN_FDS_PER_WORKER
- * (spawn_prepare) and the batch a spare: room for that too. */
+ * runs)?  While a batch starts, its workers hold 2 more each and the
+ * batch a spare (spawn_workers): 33 at most, out of the reserve. */
 static int
 fds_to_spare(int n)
 {
 	struct rlimit rl;
-	rlim_t open = 0, room;
+	rlim_t open = 0, fit;
 	DIR *dir;
-	int k;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
 		return 0;
@@ -1807,15 +1809,8 @@ fds_to_spare(int n)
 	closedir(dir);
 	if (open + PRESTART_FD_RESERVE >= rl.rlim_cur)
 		return 0;
-	room = rl.rlim_cur - open - PRESTART_FD_RESERVE;
-	for (k = 0; k < n; k++) {
-		rlim_t kept = (rlim_t)(k + 1) * DAEMON_FDS_PER_WORKER;
-		rlim_t starting = (rlim_t)(k + 1) * SPAWN_FDS_PER_WORKER + 1;
-
-		if (kept > room || starting > rl.rlim_cur - open)
-			break;
-	}
-	return k;
+	fit = (rl.rlim_cur - open - PRESTART_FD_RESERVE) / DAEMON_FDS_PER_WORKER;
+	return fit < (rlim_t)n ? (int)fit : n;
 }
 
 static void
@@ -1991,8 +1986,7 @@ spawn_more(struct sup_pool *sp)
 		if (sp->nqueued == 0) {
 			/* Only prestart wants these: not at the cost of the
 			 * descriptors the daemon needs for its work. */
-			if ((want = fds_to_spare(want < FACTORY_PIPELINE ? want :
-						 FACTORY_PIPELINE)) == 0) {
+			if ((want = fds_to_spare(want)) == 0) {
 				hold_prestart(sp, "too few descriptors left "
 					      "(RLIMIT_NOFILE) for another idle worker");
 				return;
